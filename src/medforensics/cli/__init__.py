@@ -1,0 +1,24 @@
+"""The ``medforensics`` command line (typer): one module per command group, no logic beyond arguments."""
+
+from __future__ import annotations
+
+import typer
+
+from . import data as data_cmd
+from . import demo as demo_cmd
+from . import evaluate as evaluate_cmd
+from . import models as models_cmd
+from . import scan as scan_cmd
+from . import train as train_cmd
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Detect AI-generated and tampered medical images.")
+app.command("scan")(scan_cmd.scan)
+app.command("train")(train_cmd.train)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("demo")(demo_cmd.demo)
+app.command("models")(models_cmd.models)
+app.add_typer(data_cmd.app, name="data")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,6 @@
+"""Detectors: one interface, one registry; each method in its own sub-package."""
+
+from .base import Detector
+from .registry import create_detector, list_detectors, load_detector, pretrained_dir, register_detector
+
+__all__ = ["Detector", "create_detector", "list_detectors", "load_detector", "pretrained_dir", "register_detector"]

@@ -1,0 +1,178 @@
+"""``forensic_cnn``: patch-level supervised detector, scored on the whole image.
+
+Training draws square patches from each (preprocessed, 256×256) image. A patch is labelled fake
+when the image is a whole-image fake, or — for tampered images with a mask — when at least
+``min_mask_fraction`` of it lies inside the tampered region; half of a tampered image's patches
+are drawn around the mask. At scoring time the image is cut into a regular grid of patches; the
+image logit is the mean of the top ``topk`` fraction of patch logits, and the grid of patch
+probabilities (overlap-averaged back to pixels) is the anomaly map.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ...train.common import BestState, balanced_loader, progress, seed_everything
+from ..base import Detector
+from ..registry import register_detector
+from .model import ForensicCNN, patch_map, patchify, topk_mean
+
+DEFAULTS: dict[str, Any] = {
+    "width": 32,
+    "bayar_channels": 6,
+    "patch_size": 64,
+    "patch_stride": 32,
+    "topk": 0.25,
+    "epochs": 10,
+    "batch_size": 16,
+    "patches_per_image": 8,
+    "lr": 2e-3,
+    "weight_decay": 1e-4,
+    "min_mask_fraction": 0.02,
+    "target_fpr": 0.05,
+    "num_workers": 0,
+    "score_batch": 8,
+    "progress": True,
+}
+
+
+@register_detector
+class ForensicCNNDetector(Detector):
+    name = "forensic_cnn"
+    version = "1"
+    supervised = True
+
+    def __init__(self, **config: Any):
+        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
+        unknown = set(config) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown forensic_cnn options: {', '.join(sorted(unknown))}")
+        super().__init__(preprocessing=pre, seed=seed, **{**DEFAULTS, **config})
+        c = self.config
+        torch.manual_seed(seed)
+        self.model = ForensicCNN(self.preprocessing.channels, c["width"], c["bayar_channels"])
+        self.model.eval()
+
+    # ------------------------------------------------------------------ scoring
+    def _patch_logits(self, batch: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        c = self.config
+        self.model.eval()
+        patches, grid = patchify(batch, c["patch_size"], c["patch_stride"])
+        logits = torch.cat([self.model(p) for p in patches.split(c["score_batch"] * grid[0] * grid[1])])
+        return logits.view(batch.shape[0], -1), grid
+
+    def _score_arrays(self, batch: torch.Tensor) -> np.ndarray:
+        logits, _ = self._patch_logits(batch)
+        return torch.sigmoid(topk_mean(logits, self.config["topk"])).numpy()
+
+    def _anomaly_map_arrays(self, batch: torch.Tensor) -> np.ndarray:
+        c = self.config
+        logits, grid = self._patch_logits(batch)
+        return patch_map(torch.sigmoid(logits), grid, tuple(batch.shape[-2:]), c["patch_size"], c["patch_stride"]).numpy()
+
+    # ------------------------------------------------------------------ training
+    def _sample_patches(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator):
+        """K patches per image; labels from the image label and tamper mask (see module docstring)."""
+        c = self.config
+        p, k = c["patch_size"], c["patches_per_image"]
+        n, _, h, w = images.shape
+        out, out_y = [], []
+        for i in range(n):
+            m = masks[i]
+            partial = bool(labels[i] > 0.5) and 0 < float(m.mean()) < 1
+            ys, xs = np.nonzero(m.numpy() > 0.5) if partial else (None, None)
+            for j in range(k):
+                if partial and j < k // 2:  # centred on a random tampered pixel
+                    t = rng.integers(len(ys))
+                    y0 = int(np.clip(ys[t] - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, h - p))
+                    x0 = int(np.clip(xs[t] - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, w - p))
+                else:
+                    y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+                out.append(images[i, :, y0 : y0 + p, x0 : x0 + p])
+                if labels[i] > 0.5 and partial:
+                    out_y.append(float(m[y0 : y0 + p, x0 : x0 + p].mean() >= c["min_mask_fraction"]))
+                else:
+                    out_y.append(float(labels[i]))
+        return torch.stack(out), torch.tensor(out_y)
+
+    def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
+        """Train with BCE on patches; keep the epoch with the best validation AUC; calibrate τ on val reals."""
+        from ...eval.calibration import calibrate
+        from ...eval.metrics import compute_metrics
+
+        c = self.config
+        gen = seed_everything(self.seed)
+        rng = np.random.default_rng(self.seed)
+        collate = getattr(train, "collate", None)
+        loader = balanced_loader(train, c["batch_size"], gen, c["num_workers"], collate_fn=collate)
+        opt = torch.optim.AdamW(self.model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=max(1, c["epochs"] * len(loader)))
+        best, history, t0 = BestState(), [], time.time()
+        for epoch in range(c["epochs"]):
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(epoch)
+            self.model.train()
+            losses = []
+            bar = progress(loader, f"epoch {epoch + 1}/{c['epochs']}", enabled=c["progress"])
+            for batch in bar:
+                x, y = self._sample_patches(batch["image"], batch["label"], batch["mask"], rng)
+                loss = F.binary_cross_entropy_with_logits(self.model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                self.model.bayar.constrain_()  # Bayar–Stamm: re-impose the constraint after each step
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
+            if val is not None and len(val):
+                y_val, s_val = self._scores_of(val)
+                m = compute_metrics(y_val, s_val)
+                eps = 1e-6
+                bce = float(-np.mean(y_val * np.log(s_val + eps) + (1 - y_val) * np.log(1 - s_val + eps)))
+                record.update(val_auc=m["auc"], val_ap=m["ap"], val_bce=bce)
+                auc = m["auc"] if np.isfinite(m["auc"]) else 0.0
+                best.update((round(auc, 4), -bce), epoch + 1, self.model)  # AUC first, BCE breaks ties
+            else:
+                best.update(-record["train_loss"], epoch + 1, self.model)
+            history.append(record)
+            if c["progress"]:
+                print("  " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if best.state is not None:
+            self.model.load_state_dict(best.state)
+        self.model.eval()
+        summary: dict[str, Any] = {
+            "n_train": len(train), "n_val": len(val) if val is not None else 0, "best_epoch": best.epoch,
+            "history": history, "seconds": round(time.time() - t0, 1),
+        }
+        if val is not None and len(val):
+            y_val, s_val = self._scores_of(val)
+            if (y_val == 0).any():
+                real = s_val[y_val == 0]
+                cal = calibrate(real, c["target_fpr"])
+                self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
+                                   real_val_scores=[round(float(v), 6) for v in np.sort(real)])
+        self.training_summary = summary
+        return summary
+
+    def _scores_of(self, dataset: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+        ys, ss = [], []
+        for start in range(0, len(dataset), self.config["score_batch"]):
+            items = [dataset[i] for i in range(start, min(len(dataset), start + self.config["score_batch"]))]
+            ys += [int(it["label"]) for it in items]
+            ss.append(self.score(torch.stack([it["image"] for it in items])))
+        return np.asarray(ys), np.concatenate(ss) if ss else np.zeros(0)
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.state_dict())
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(tensors)
+        self.model.eval()

@@ -1,0 +1,370 @@
+"""DICOM reader (pydicom 3 + pylibjpeg plugins).
+
+Pipeline per frame: decode (``pydicom.pixels.pixel_array``; compressed transfer syntaxes via
+the pylibjpeg plugins; YBR_FULL/YBR_FULL_422/YBR_ICT/YBR_RCT come back as RGB) →
+palette colour through ``apply_color_lut`` → for grey data the modality LUT or rescale
+slope/intercept (top level, else the enhanced Pixel Value Transformation functional group,
+per frame) → :mod:`.intensity` (CT in HU → CT window; MR → percentile/z-score; others →
+VOI window, else VOI LUT table, else bit range / min–max) → MONOCHROME1 inverted
+(``1 - x``) so that high = bright.
+
+Files with the ``DICM`` magic at byte 128 are read normally; a file without it is read with
+``force=True`` only when it starts like a raw (ACR-NEMA style) data set, and must then carry
+pixel data. Non-image objects (no pixel data, or SEG/RTDOSE/… modalities) are rejected.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from .intensity import IntensityConfig, canonical_modality, normalise_stack, pools_frames
+from .raster import check_frame_size, check_total_size
+from .types import ImageMeta, MedImage, UnreadableImageError
+
+Select = Callable[[int], list[int]]
+
+#: DICOM (0008,0060) Modality → project modality; anything else (OT, SC, NM, PT, XC…) → None.
+MODALITY_MAP = {
+    "CT": "ct",
+    "MR": "mri",
+    "CR": "xray",
+    "DX": "xray",
+    "DR": "xray",
+    "MG": "xray",
+    "RG": "xray",
+    "RF": "xray",
+    "XA": "xray",
+    "PX": "xray",
+    "IO": "xray",
+    "US": "ultrasound",
+    "IVUS": "ultrasound",
+    "ES": "endoscopy",
+    "SM": "histopathology",
+    "GM": "histopathology",
+}
+#: Modalities whose pixel data (if any) is not an image to scan.
+NON_IMAGE_MODALITIES = frozenset(
+    {"SEG", "RTDOSE", "RTSTRUCT", "RTPLAN", "RTRECORD", "SR", "KO", "PR", "REG", "FID", "ECG", "HD", "AU", "DOC"}
+)
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic", ".ima")
+
+
+def has_dicm_magic(head: bytes) -> bool:
+    """True when ``head`` (the first 132+ bytes of a file) has ``DICM`` at offset 128."""
+    return head[128:132] == b"DICM"
+
+
+def looks_like_raw_dicom(head: bytes) -> bool:
+    """Heuristic for preamble-less (ACR-NEMA style) files: first tag in group 0002 or 0008."""
+    if len(head) < 8:
+        return False
+    group_le, elem_le = struct.unpack("<HH", head[:4])
+    group_be = struct.unpack(">H", head[:2])[0]
+    return (group_le in (0x0002, 0x0008) and elem_le < 0x0100) or group_be == 0x0008
+
+
+def map_modality(dicom_modality: str | None) -> str | None:
+    """Project modality for a DICOM Modality value (``None`` when unmapped)."""
+    return MODALITY_MAP.get((dicom_modality or "").strip().upper())
+
+
+def _set_transfer_syntax(ds: Dataset) -> None:
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit:
+        ts = ImplicitVRLittleEndian
+    else:
+        ts = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+    if meta is None:
+        ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+
+
+def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
+    """Read a DICOM data set, raising ``UnreadableImageError`` with a specific reason."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        raise UnreadableImageError(path, f"cannot open file: {exc.strerror or exc}") from exc
+    magic = has_dicm_magic(head)
+    if not magic and not looks_like_raw_dicom(head):
+        raise UnreadableImageError(path, "not a DICOM file (no DICM preamble and no DICOM header)")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, force=not magic, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:  # pydicom raises many types for corrupt headers
+        what = "corrupt DICOM header" if magic else "not a DICOM file"
+        raise UnreadableImageError(path, f"{what}: {exc}") from exc
+    for w in caught:
+        text = str(w.message)
+        if "end of file" in text.lower() or "truncat" in text.lower():
+            raise UnreadableImageError(path, f"truncated DICOM file: {text}")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if not magic and (len(ds) == 0 or not any(k in ds for k in PIXEL_KEYWORDS) or "Rows" not in ds):
+        raise UnreadableImageError(path, "not a DICOM file (no DICM preamble and no image pixel data)")
+    _set_transfer_syntax(ds)
+    return ds
+
+
+def series_key(path: Path) -> tuple[str, float] | None:
+    """(SeriesInstanceUID, InstanceNumber) from the header of a file with the DICM magic.
+
+    Cheap: reads only two tags. ``None`` for non-DICOM or unreadable files; a missing
+    instance number sorts last (``inf``).
+    """
+    try:
+        with open(path, "rb") as fh:
+            if not has_dicm_magic(fh.read(132)):
+                return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(
+                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "InstanceNumber"]
+            )
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+        num = ds.get("InstanceNumber", None)
+        return uid, float(int(num)) if num not in (None, "") else float("inf")
+    except Exception:
+        return None
+
+
+def _sop_class(ds: Dataset) -> str:
+    uid = ds.get("SOPClassUID") or getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID")
+    if not uid:
+        return "unknown"
+    uid = UID(str(uid))
+    return f"{uid.name}" if uid.name != str(uid) else str(uid)
+
+
+def _fg_item(ds: Dataset, seq: str, index: int) -> Dataset | None:
+    """First item of functional-group ``seq`` for frame ``index`` (per-frame, else shared)."""
+    groups: list[Any] = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame and index < len(per_frame):
+        groups.append(per_frame[index])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    for group in groups:
+        items = group.get(seq)
+        if items:
+            return items[0]
+    return None
+
+
+def _rescale(ds: Dataset, index: int) -> tuple[float, float] | None:
+    src: Dataset | None = ds if ("RescaleSlope" in ds or "RescaleIntercept" in ds) else None
+    src = src or _fg_item(ds, "PixelValueTransformationSequence", index)
+    if src is None:
+        return None
+    slope = src.get("RescaleSlope", None)
+    intercept = src.get("RescaleIntercept", None)
+    slope = float(slope) if slope not in (None, "") else 1.0
+    intercept = float(intercept) if intercept not in (None, "") else 0.0
+    return slope, intercept
+
+
+def _first(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return float(value[0]) if len(value) else None
+    return float(value)
+
+
+def _window(ds: Dataset, index: int) -> tuple[float, float, str] | None:
+    src: Dataset | None = ds if ("WindowCenter" in ds and "WindowWidth" in ds) else None
+    src = src or _fg_item(ds, "FrameVOILUTSequence", index)
+    if src is None:
+        return None
+    try:
+        center, width = _first(src.get("WindowCenter")), _first(src.get("WindowWidth"))
+    except (TypeError, ValueError):
+        return None
+    if center is None or width is None or not np.isfinite([center, width]).all():
+        return None
+    func = str(src.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    if width <= 0 or (func not in ("SIGMOID", "LINEAR_EXACT") and width < 1):
+        return None
+    return center, width, func
+
+
+def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
+    measures = _fg_item(ds, "PixelMeasuresSequence", 0)
+    candidates = [
+        ("PixelSpacing", ds.get("PixelSpacing")),
+        ("PixelMeasuresSequence", measures.get("PixelSpacing") if measures is not None else None),
+        ("ImagerPixelSpacing", ds.get("ImagerPixelSpacing")),
+    ]
+    for name, value in candidates:
+        try:
+            if value is not None and len(value) == 2 and float(value[0]) > 0 and float(value[1]) > 0:
+                return (float(value[0]), float(value[1])), name
+        except (TypeError, ValueError):
+            continue
+    return None, None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword, None)
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def _check_decoder(path: Path, ds: Dataset) -> UID:
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError as exc:
+        raise UnreadableImageError(
+            path, f"unsupported transfer syntax {ts.name} ({ts}): no decoder available"
+        ) from exc
+    if not decoder.is_available:
+        missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()) if hasattr(
+            decoder, "missing_dependencies"
+        ) else ""
+        raise UnreadableImageError(
+            path, f"unsupported transfer syntax {ts.name} ({ts}): no decoder plugin installed {missing}".rstrip()
+        )
+    return ts
+
+
+def _decode(ds: Dataset, indices: list[int], n: int) -> list[np.ndarray]:
+    if n == 1:
+        return [pixel_array(ds)]
+    if indices == list(range(n)):
+        return list(pixel_array(ds))
+    return [pixel_array(ds, index=i) for i in indices]
+
+
+def _grey_values(ds: Dataset, frame: np.ndarray, index: int, bits: int) -> tuple[np.ndarray, int, str]:
+    """Modality LUT or rescale for one grey frame → (values, bit depth, description)."""
+    if ds.get("ModalityLUTSequence"):
+        out = apply_modality_lut(frame, ds)
+        return out, int(ds.ModalityLUTSequence[0].LUTDescriptor[2]), "modality LUT"
+    params = _rescale(ds, index)
+    if params is not None and params != (1.0, 0.0):
+        slope, intercept = params
+        return frame.astype(np.float64) * slope + intercept, bits, f"rescale ×{slope:g} {intercept:+g}"
+    return frame, bits, ""
+
+
+def read_dicom(path: Path, select: Select, modality: str | None, config: IntensityConfig) -> list[MedImage]:
+    """Decode the selected frames of a DICOM file (see the module docstring)."""
+    ds = read_dataset(path)
+    dicom_modality = _text(ds, "Modality")
+    sop = _sop_class(ds)
+    if not any(k in ds for k in PIXEL_KEYWORDS):
+        raise UnreadableImageError(path, f"DICOM file has no pixel data (SOP class {sop})")
+    if (dicom_modality or "").upper() in NON_IMAGE_MODALITIES:
+        raise UnreadableImageError(path, f"non-image DICOM (Modality {dicom_modality}, SOP class {sop})")
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
+    if missing:
+        raise UnreadableImageError(path, f"incomplete DICOM image pixel module: missing {', '.join(missing)}")
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        n = int(ds.get("NumberOfFrames") or 1)
+        spp = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsStored") or ds.BitsAllocated)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableImageError(path, f"invalid DICOM image pixel module: {exc}") from exc
+    check_frame_size(path, rows, cols, spp)
+    indices = select(n)
+    project = canonical_modality(modality) if modality is not None else map_modality(dicom_modality)
+    photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
+    palette = photometric == "PALETTE COLOR"
+    colour = palette or spp == 3
+    pooled = not colour and pools_frames(project, kind="dicom", config=config)
+    decode = list(range(n)) if pooled else indices
+    check_total_size(path, len(decode), rows, cols * spp)
+    ts = _check_decoder(path, ds)
+    try:
+        raw = _decode(ds, decode, n)
+        values: list[np.ndarray] = []
+        notes: list[str] = []
+        kind, depth, windows = "dicom", bits, None
+        for i, frame in zip(decode, raw):
+            if palette:
+                rgb = apply_color_lut(frame, ds)
+                kind, depth = "display", 8 if rgb.dtype == np.uint8 else 16
+                values.append(rgb)
+                notes.append("palette colour LUT")
+            elif colour:
+                kind = "display"
+                values.append(frame)
+                notes.append("")
+            else:
+                vals, depth, note = _grey_values(ds, frame, i, bits)
+                values.append(vals)
+                notes.append(note)
+        if kind == "dicom" and project not in ("ct", "mri"):
+            windows = [_window(ds, i) for i in decode]
+            if all(w is None for w in windows) and ds.get("VOILUTSequence") and all(
+                v.dtype.kind in "iu" for v in values
+            ):
+                values = [apply_voi(v, ds) for v in values]
+                kind, depth, windows = "display", 8 if values[0].dtype == np.uint8 else 16, None
+                notes = [(n_ + "; " if n_ else "") + "VOI LUT table" for n_ in notes]
+        pixels, descs = normalise_stack(values, project, kind=kind, bit_depth=depth, config=config, windows=windows)
+    except UnreadableImageError:
+        raise
+    except Exception as exc:  # decoders raise ValueError/RuntimeError/… for corrupt data
+        text = str(exc) or type(exc).__name__
+        if "less than expected" in text or "truncat" in text.lower():
+            raise UnreadableImageError(path, f"truncated DICOM pixel data: {text}") from exc
+        raise UnreadableImageError(path, f"cannot decode DICOM pixel data ({ts.name}): {text}") from exc
+
+    spacing, spacing_src = _spacing(ds)
+    shape = ((n,) if n > 1 else ()) + (rows, cols) + ((spp,) if spp > 1 else ())
+    base_extra = {
+        "transfer_syntax": ts.name,
+        "transfer_syntax_uid": str(ts),
+        "sop_class": sop,
+        "instance_number": _text(ds, "InstanceNumber"),
+        "pixel_spacing_source": spacing_src,
+    }
+    images: list[MedImage] = []
+    keep = {i: k for k, i in enumerate(decode)}
+    for i in indices:
+        k = keep[i]
+        out, desc = pixels[k], descs[k]
+        if notes[k]:
+            desc = f"{notes[k]}; {desc}"
+        if photometric == "MONOCHROME1":
+            out = 1.0 - out
+            desc += "; inverted (MONOCHROME1)"
+        meta = ImageMeta(
+            path=str(path),
+            source_format="dicom",
+            modality=project,
+            dicom_modality=dicom_modality,
+            patient_id=_text(ds, "PatientID"),
+            study_uid=_text(ds, "StudyInstanceUID"),
+            series_uid=_text(ds, "SeriesInstanceUID"),
+            sop_instance_uid=_text(ds, "SOPInstanceUID"),
+            pixel_spacing=spacing,
+            bit_depth=bits,
+            photometric=photometric or None,
+            frame_index=i if n > 1 else None,
+            n_frames=n,
+            original_shape=shape,
+            intensity=desc,
+            extra={**base_extra, "window": list(windows[k]) if windows and windows[k] else None},
+        )
+        images.append(MedImage(np.ascontiguousarray(out, dtype=np.float32), meta))
+    return images

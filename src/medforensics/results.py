@@ -1,0 +1,40 @@
+"""``ScanResult``: one record per scanned input, the shared currency of CLI, reports and service."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class ScanResult:
+    """The outcome of scanning one input file.
+
+    ``score`` is the probability of fake (1 = AI-generated/tampered) or ``None`` when the input
+    failed, in which case ``error`` says why. ``frames`` holds per-frame scores for multi-frame /
+    volume inputs (the file's ``score`` is their maximum). ``heatmap`` (H×W float array in [0, 1])
+    and ``thumbnail`` (H×W or H×W×3 float array in [0, 1]) are kept in memory for reports only.
+    """
+
+    path: str
+    modality: str | None = None
+    score: float | None = None
+    threshold: float | None = None
+    verdict: str | None = None  # "fake" | "real" | None (error)
+    error: str | None = None
+    model: str | None = None
+    frames: list[float] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    heatmap: Any = field(default=None, repr=False, compare=False)
+    thumbnail: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (arrays dropped)."""
+        d = asdict(self)
+        d.pop("heatmap")
+        d.pop("thumbnail")
+        return d

@@ -1,0 +1,11 @@
+"""Synthetic tampering: classical lesion injection / removal for training and evaluation.
+
+Note: ``medforensics.synth.tamper`` is the *module*; its MedImage convenience function
+``tamper.tamper`` is re-exported here as ``tamper_image`` so the name does not shadow the module.
+"""
+
+from . import tamper
+from .tamper import TamperResult, foreground_mask, inject_lesion, remove_region
+from .tamper import tamper as tamper_image
+
+__all__ = ["TamperResult", "foreground_mask", "inject_lesion", "remove_region", "tamper", "tamper_image"]

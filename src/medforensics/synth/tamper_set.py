@@ -1,0 +1,70 @@
+"""Build a tampered copy set (injection/removal with masks) from the real rows of a manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data.manifest import Manifest, ManifestRow
+from ..io import UnreadableImageError, load
+from ..train.common import progress
+from .tamper import tamper
+
+KINDS = ("inject", "remove")
+
+
+def _pick(key: str, seed: int) -> float:
+    """A stable pseudo-random number in [0, 1) for ``key`` (independent of row order)."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+def make_tampered_set(
+    manifest: Manifest,
+    out_dir: str | Path,
+    *,
+    fraction: float = 0.5,
+    seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
+    show_progress: bool = True,
+) -> Manifest:
+    """Tamper a stable ``fraction`` of the manifest's real rows and write PNGs + masks under ``out_dir``.
+
+    Each tampered copy keeps its source row's modality, source, patient id and split (so a
+    patient never crosses splits) and is saved as an 8-bit PNG like the shared real images, so
+    the copy and its source share one file history. The mask (255 = altered) is written beside it
+    and referenced by the row's ``mask`` column; ``original_path`` names the source image.
+    Existing files are reused (the set is deterministic), never silently replaced by other content.
+    """
+    out_dir = Path(out_dir)
+    reals = [r for r in manifest if r.label == "real" and _pick(r.path, seed) < fraction]
+    rows: list[ManifestRow] = []
+    for row in progress(reals, "tampering", enabled=show_progress):
+        kind = kinds[int(_pick("kind:" + row.path, seed) * len(kinds))]
+        stem = Path(row.path).with_suffix("")
+        img_rel = Path(kind) / f"{stem}.png"
+        mask_rel = Path(kind) / f"{stem}.mask.png"
+        img_path, mask_path = out_dir / img_rel, out_dir / mask_rel
+        if not (img_path.exists() and mask_path.exists()):
+            try:
+                image = load(row.resolve(manifest.root), modality=row.modality)
+            except UnreadableImageError:
+                continue
+            rng = np.random.default_rng([seed, int(_pick("rng:" + row.path, seed) * 2**31)])
+            tampered, mask = tamper(image, kind, rng)
+            img_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_to_uint8(tampered.pixels)).save(img_path)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
+        extra = {k: v for k, v in row.extra.items() if k in ("license",)}
+        extra.update(original_path=str(row.resolve(manifest.root)), mask=str(mask_rel))
+        rows.append(
+            replace(row, path=str(img_rel), label="fake", generator=f"tamper-{kind}", family="tamper", extra=extra)
+        )
+    return Manifest.from_rows(rows, root=out_dir)
