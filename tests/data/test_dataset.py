@@ -90,6 +90,21 @@ def test_transform_gets_per_epoch_deterministic_rng(tiny_manifest: Manifest):
     assert not torch.equal(reseeded, first)
 
 
+def test_transforms_with_fewer_arguments(tiny_manifest: Manifest):
+    base = ImageDataset(tiny_manifest, PRE)[0]["image"]
+    inverted = ImageDataset(tiny_manifest, PRE, transform=lambda p: 1.0 - p)[0]["image"]
+    assert torch.allclose(inverted, 1.0 - base, atol=1e-5)  # resize is linear, crop commutes
+
+    def two(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.clip(pixels + rng.normal(0, 0.05, pixels.shape), 0, 1)
+
+    ds = ImageDataset(tiny_manifest, PRE, transform=two, seed=1)
+    assert torch.equal(ds[0]["image"], ds[0]["image"]) and not torch.equal(ds[0]["image"], base)
+    processing = pytest.importorskip("medforensics.data.processing")
+    rpp = ImageDataset(tiny_manifest, PRE, transform=processing.RandomPostProcess(p_jpeg=1.0), seed=1)
+    assert rpp[6]["image"].shape == (3, 32, 32) and torch.equal(rpp[6]["image"], rpp[6]["image"])
+
+
 def test_unreadable_raises_and_check_reports(tiny_manifest: Manifest):
     broken = tiny_manifest.root / "real/xray/srcA/broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")

@@ -90,12 +90,12 @@ def test_deterministic_per_seed(kind: str, rgb: bool) -> None:
     np.testing.assert_array_equal(a.pixels, d.pixels)
 
 
+@pytest.mark.parametrize("size", [256, 512])
 @pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
 @pytest.mark.parametrize("method", ["telea", "ns"])
-def test_removal_erases_the_bright_nodule(rgb: bool, method: str) -> None:
-    size = 256
+def test_removal_erases_the_bright_nodule(size: int, rgb: bool, method: str) -> None:
     x = phantom(size, rgb)
-    ny, nx = int(NODULE[0] * size), int(NODULE[1] * size)
+    ny, nx = round(NODULE[0] * size), round(NODULE[1] * size)
     res = remove_region(x, rng=0, method=method)
     # the default target is the nodule
     assert abs(res.center[0] - ny) <= 3 and abs(res.center[1] - nx) <= 3
@@ -119,15 +119,17 @@ def test_removal_at_given_center_and_radius() -> None:
     assert 0.6 * np.pi * 64 < res.mask.sum() < 1.6 * np.pi * 64
 
 
+@pytest.mark.parametrize("size", [256, 512])
 @pytest.mark.parametrize("rgb", [False, True], ids=["grey", "rgb"])
-def test_injection_copies_a_lesion(rgb: bool) -> None:
-    size = 256
+def test_injection_copies_a_lesion(size: int, rgb: bool) -> None:
     x = phantom(size, rgb)
+    f = size / 256
     for seed, center in enumerate([(170, 110), (185, 140), (150, 85)]):
-        res = inject_lesion(x, rng=seed, radius=15, center=center)
+        center = (round(center[0] * f), round(center[1] * f))
+        res = inject_lesion(x, rng=seed, radius=15 * f, center=center)
         assert res.details["donor"] == "copy-move" and res.center == center
         dy, dx = res.details["donor_center"]
-        assert abs(dy - NODULE[0] * size) <= 3 and abs(dx - NODULE[1] * size) <= 3
+        assert abs(dy - NODULE[0] * size) <= 2 * f and abs(dx - NODULE[1] * size) <= 2 * f
         g0 = x if x.ndim == 2 else x[..., 0]
         g1 = res.pixels if x.ndim == 2 else res.pixels[..., 0]
         m = res.mask

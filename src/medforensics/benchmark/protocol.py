@@ -137,7 +137,7 @@ def evaluate_detector(
             lab, sc = scored.labels[keep], scored.scores[keep]
             per_mod = per_group_metrics(
                 lab, sc, [r.modality for r in rows], threshold=tau, bootstrap=True, n_iter=n_boot, seed=seed,
-                groups=[r.source for r in rows],
+                balance_groups=[r.source for r in rows],
             )
             view_result[subset] = {"per_modality": per_mod}
             modality_rows[f"{detector.name} · {view} · {subset}"] = per_mod
@@ -154,8 +154,8 @@ def evaluate_detector(
         ]
         results[view] = view_result
     markdown = {
-        "per_modality": metric_table(modality_rows).markdown(),
-        "per_modality_auc": metric_table(modality_rows).markdown(cell="auc_ci"),
-        "per_generator": metric_table(generator_rows).markdown(),
+        "per_modality": metric_table(modality_rows).markdown,
+        "per_modality_auc": metric_table(modality_rows, intervals="auc").markdown,
+        "per_generator": metric_table(generator_rows).markdown,
     }
     return EvaluationResult(detector.name, tau, results, markdown, n_errors)

@@ -54,13 +54,15 @@ def train(
     console.print(f"trained in {summary.get('seconds')} s; best epoch {summary.get('best_epoch')}; "
                   f"threshold {det.threshold:.4f}")
     command = "medforensics " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    evaluation = None
+    det.save(out, model_card=render_model_card(det, command=command))  # saved before the (long) evaluation
+    console.print(f"model → {out}")
     if evaluate:
         from ..benchmark import evaluate_detector
 
         evaluation = evaluate_detector(det, data.test, reference=m, n_boot=n_boot, seed=seed)
-        det.training_summary["test"] = {v: {k: r[k] for k in ("all fakes", "anatomy-matched")}
-                                        for v, r in evaluation.views.items()}
+        numbers = {v: {k: r[k] for k in ("all fakes", "anatomy-matched", "per_generator")}
+                   for v, r in evaluation.views.items()}
+        (out / "test_metrics.json").write_text(json.dumps(numbers, indent=2, default=float))
+        (out / "MODEL_CARD.md").write_text(render_model_card(det, command=command, evaluation=evaluation))
         console.print(evaluation.markdown["per_modality"])
-    det.save(out, model_card=render_model_card(det, command=command, evaluation=evaluation))
-    console.print(f"model → {out}")
+        console.print(f"test metrics → {out / 'test_metrics.json'}; model card → {out / 'MODEL_CARD.md'}")

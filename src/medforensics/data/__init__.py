@@ -1,6 +1,6 @@
 """Data: manifests, patient-level splits, the training ``ImageDataset`` and the shared data."""
 
-from .dataset import ImageDataset, collate
+from .dataset import ImageDataset, collate, transform_arity
 from .manifest import (
     IMAGE_EXTENSIONS,
     LABELS,
@@ -13,6 +13,7 @@ from .manifest import (
     is_dicom_file,
     normalise_id,
 )
+from .processing import History, MatchedProcessing, RandomPostProcess, jpeg, resize_roundtrip
 from .shared import (
     ANATOMY_RULES,
     DEFAULT_ANATOMY,
@@ -30,10 +31,13 @@ __all__ = [
     "DEFAULT_ANATOMY",
     "IMAGE_EXTENSIONS",
     "LABELS",
+    "History",
     "ImageDataset",
     "Manifest",
     "ManifestError",
     "ManifestRow",
+    "MatchedProcessing",
+    "RandomPostProcess",
     "anatomy_matched",
     "anatomy_of",
     "annotate_anatomy",
@@ -45,10 +49,13 @@ __all__ = [
     "index_folder",
     "infer_family",
     "is_dicom_file",
+    "jpeg",
     "normalise_id",
     "patient_split",
     "real_anatomies",
+    "resize_roundtrip",
     "shared_data_dir",
     "shared_manifest",
     "train_val_split",
+    "transform_arity",
 ]

@@ -9,6 +9,7 @@ so an item is identical whenever it is read in the same epoch, in any worker.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -22,10 +23,23 @@ from torch.utils.data import Dataset
 
 from ..io.preprocess import Preprocessing
 from ..io.types import MedImage, UnreadableImageError
-from .manifest import Manifest, ManifestRow
+from .manifest import Manifest, ManifestRow, resolve_path
 
 Transform = Callable[[np.ndarray, np.random.Generator, ManifestRow], np.ndarray]
 Loader = Callable[..., MedImage]
+
+
+def transform_arity(fn: Callable[..., Any]) -> int:
+    """How many of ``(pixels, rng, row)`` a transform takes: 3, 2 (``fn(pixels, rng)``, e.g.
+    ``RandomPostProcess``) or 1 (``fn(pixels)``, e.g. ``MatchedProcessing``, ``History``)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        return 3
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 3
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return max(1, min(3, len(positional)))
 
 
 class ImageDataset(Dataset):
@@ -34,6 +48,8 @@ class ImageDataset(Dataset):
 
     ``mask_column`` names an extra column holding a mask image path (relative to the manifest
     folder); rows without one get an all-zeros mask if real, all-ones (whole image) if fake.
+    ``transform(pixels, rng, row)`` runs at native resolution before preprocessing; callables
+    taking only ``(pixels, rng)`` or ``(pixels)`` are accepted too (see :func:`transform_arity`).
     An optional ``frame`` column selects a frame/slice of multi-frame files. ``cache`` keeps
     that many decoded images (``True`` = 256) in an LRU cache; off by default. A file that
     cannot be read raises :class:`UnreadableImageError`; use :meth:`check` and
@@ -61,6 +77,7 @@ class ImageDataset(Dataset):
             self.root = Path(root if root is not None else ".").resolve()
         self.preprocessing = preprocessing or Preprocessing()
         self.transform = transform
+        self._transform_arity = transform_arity(transform) if transform is not None else 0
         self.mask_column = mask_column
         self.seed = int(seed)
         self.epoch = 0
@@ -126,7 +143,7 @@ class ImageDataset(Dataset):
         value = self.rows[index].extra.get(self.mask_column, "").strip()
         if not value:
             return None
-        path = ManifestRow(value, "real", "x").resolve(self.root)
+        path = resolve_path(value, self.root)
         try:
             with Image.open(path) as im:
                 im = im.convert("L")
@@ -156,7 +173,8 @@ class ImageDataset(Dataset):
         image = self.load_image(index)
         pixels = image.pixels
         if self.transform is not None:
-            pixels = self.transform(np.array(pixels, dtype=np.float32, copy=True), self.rng(index), row)
+            args = (np.array(pixels, dtype=np.float32, copy=True), self.rng(index), row)
+            pixels = self.transform(*args[: self._transform_arity])
             pixels = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
             image = MedImage(pixels, image.meta)
         chw = self.preprocessing(image)

@@ -60,7 +60,7 @@ class ManifestRow:
 
     def resolve(self, root: str | Path) -> Path:
         """Absolute location of the image, ``path`` taken relative to ``root``."""
-        return _resolve(self.path, root)
+        return resolve_path(self.path, root)
 
     def get(self, name: str, default: str = "") -> str:
         """A standard field or an extra column by name."""
@@ -270,7 +270,8 @@ def concat(manifests: Iterable[Manifest], root: str | Path | None = None) -> Man
 
 
 # --------------------------------------------------------------------- helpers
-def _resolve(path: str, root: str | Path) -> Path:
+def resolve_path(path: str, root: str | Path) -> Path:
+    """``path`` (as written in a manifest) made absolute against ``root``, ``..`` collapsed."""
     p = Path(path.replace("\\", "/")).expanduser()
     return Path(os.path.normpath(p if p.is_absolute() else Path(root) / p))
 
@@ -278,7 +279,7 @@ def _resolve(path: str, root: str | Path) -> Path:
 def _rebase(path: str, old_root: Path, new_root: Path) -> str:
     if Path(path).expanduser().is_absolute():
         return path
-    target = os.path.normpath(_resolve(path, old_root))
+    target = os.path.normpath(resolve_path(path, old_root))
     try:
         rel = os.path.relpath(target, new_root)
     except ValueError:  # different drives (Windows)

@@ -218,18 +218,27 @@ def per_group_metrics(
     metrics: Sequence[str] = DEFAULT_METRICS,
     ci: float = 0.95,
     fpr_targets: Sequence[float] = DEFAULT_FPR_TARGETS,
+    balance_groups: ArrayLike | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Metrics per group (e.g. modality) plus ``"all"``: ``{group: metrics}``, groups sorted.
 
     ``group_values`` gives each sample's group (``None`` becomes ``"unknown"``). Without
     ``bootstrap`` values are :func:`compute_metrics` dicts, with it :func:`bootstrap_metrics`
-    dicts (same ``seed`` for every group).
+    dicts (same ``seed`` for every group). ``balance_groups`` (e.g. each sample's source or
+    scanner) makes the bootstrap balance those groups within each class.
     """
     lab, sc = validate_inputs(labels, scores)
     grp = _keys(group_values, lab.size, "group_values")
-    opts: dict[str, Any] = {"metrics": metrics, "ci": ci} if bootstrap else {"fpr_targets": fpr_targets}
-    out = {str(g): _evaluate(lab[grp == g], sc[grp == g], threshold, bootstrap, n_iter, seed, opts) for g in sorted(set(grp))}
-    out[ALL] = _evaluate(lab, sc, threshold, bootstrap, n_iter, seed, opts)
+    bal = None if balance_groups is None else _keys(balance_groups, lab.size, "balance_groups")
+
+    def run(sel: np.ndarray) -> dict[str, Any]:
+        opts: dict[str, Any] = {"metrics": metrics, "ci": ci} if bootstrap else {"fpr_targets": fpr_targets}
+        if bootstrap and bal is not None:
+            opts["groups"] = bal[sel]
+        return _evaluate(lab[sel], sc[sel], threshold, bootstrap, n_iter, seed, opts)
+
+    out = {str(g): run(grp == g) for g in sorted(set(grp))}
+    out[ALL] = run(np.ones(lab.size, dtype=bool))
     return out
 
 

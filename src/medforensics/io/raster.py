@@ -107,9 +107,10 @@ def read_raster(
     select: Select,
     modality: str | None,
     config: IntensityConfig,
+    sniffed: str | None = None,
 ) -> list[MedImage]:
-    """Decode the selected frames of a raster file; see the module docstring for modes."""
-    fmt = "image"
+    """Decode the selected frames of a raster file; ``sniffed`` names the magic-number format."""
+    fmt = sniffed or "image"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -147,6 +148,8 @@ def read_raster(
     except Image.DecompressionBombError as exc:
         raise UnreadableImageError(path, _bomb_reason(path, exc)) from exc
     except Image.UnidentifiedImageError as exc:
+        if sniffed:
+            raise UnreadableImageError(path, f"corrupt {sniffed.upper()} data: Pillow cannot decode the header") from exc
         raise UnreadableImageError(path, "not a recognised image format (Pillow cannot identify it)") from exc
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         text = str(exc) or type(exc).__name__

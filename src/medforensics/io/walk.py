@@ -133,9 +133,10 @@ def _read(
     modality = canonical_modality(modality)
     config = intensity if intensity is not None else IntensityConfig()
     fmt = sniff_format(p)
-    reader = _READERS.get(fmt, read_raster)
     try:
-        return reader(p, select, modality, config)
+        if fmt in _READERS:
+            return _READERS[fmt](p, select, modality, config)
+        return read_raster(p, select, modality, config, sniffed=fmt)
     except UnreadableImageError:
         raise
     except MemoryError as exc:

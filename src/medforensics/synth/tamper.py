@@ -8,12 +8,12 @@
   i.e. a "lesion") from its surroundings with ``cv2.inpaint`` and re-adds noise matched to the
   surrounding texture.
 
-Precision: ``cv2.inpaint`` (TELEA and NS) accepts 32-bit float single-channel images, so removal
-runs in float32 per channel, on the 0–65535 scale (TELEA misbehaves on [0, 1] floats); untouched
-pixels keep their exact bits. ``cv2.seamlessClone`` is
-8-bit 3-channel only, so injection stretches the local blend window to ~191 grey levels, runs the
-clone, and adds back only the *difference* the clone made, in float — the destination keeps its
-full precision and the quantisation error is below 1/191 of the local intensity range.
+Precision: ``cv2.inpaint`` (TELEA and NS) accepts 8-bit, 16-bit and 32-bit float single-channel
+images; removal uses float32 per channel on the 0–65535 scale (TELEA overshoots wildly on [0, 1]
+floats), i.e. better than 16-bit. ``cv2.seamlessClone`` is 8-bit 3-channel only, so injection
+stretches the local blend window to ~191 grey levels, runs the clone, and adds back only the
+*difference* the clone made, in float: the destination keeps its full precision and the
+quantisation error is below 1/191 of the local intensity range.
 
 All functions take float32 H×W or H×W×3 pixels in [0, 1], never modify the input, and change
 pixels only where the returned ``mask`` is True. Given an int seed (or a seeded Generator) they
@@ -130,6 +130,38 @@ def foreground_mask(pixels: np.ndarray) -> np.ndarray:
 
 
 def _blob_candidates(
+    g: np.ndarray, valid: np.ndarray, dist: np.ndarray, sigmas: list[float], k: int
+) -> list[tuple[float, int, int, float]]:
+    """Bright blobs (score, y, x, σ), best first; large images are searched at ~256² scale.
+
+    Detection runs on a box-downsampled copy (factor f keeps every σ/f ≥ 1.5) and each peak is
+    re-located at full resolution within ±f px.
+    """
+    f = max(1, min(min(g.shape) // 256, int(min(sigmas) / 1.5)))
+    if f == 1:
+        return _blob_candidates_at(g, valid, dist, sigmas, k)
+    hs, ws = g.shape[0] // f, g.shape[1] // f
+    small = cv2.resize(np.ascontiguousarray(g[: hs * f, : ws * f], dtype=np.float32), (ws, hs), interpolation=cv2.INTER_AREA)
+    sub = (slice(f // 2, hs * f, f), slice(f // 2, ws * f, f))
+    cands = _blob_candidates_at(small, valid[sub], dist[sub] / f, [s / f for s in sigmas], k)
+    out = []
+    for score, y, x, s in cands:
+        y, x, s = y * f + f // 2, x * f + f // 2, s * f
+        h = int(math.ceil(4 * s)) + f
+        y0, x0 = max(0, y - h), max(0, x - h)
+        patch = g[y0 : y + h + 1, x0 : x + h + 1].astype(np.float64)
+        resp = -(s**2) * ndimage.gaussian_laplace(patch, s)
+        ly, lx = y - y0, x - x0
+        win = resp[max(0, ly - f) : ly + f + 1, max(0, lx - f) : lx + f + 1]
+        wy, wx = np.unravel_index(int(np.argmax(win)), win.shape)
+        ry, rx = max(0, ly - f) + int(wy) + y0, max(0, lx - f) + int(wx) + x0
+        if valid[ry, rx]:
+            y, x = ry, rx
+        out.append((score, int(y), int(x), float(s)))
+    return out
+
+
+def _blob_candidates_at(
     g: np.ndarray, valid: np.ndarray, dist: np.ndarray, sigmas: list[float], k: int
 ) -> list[tuple[float, int, int, float]]:
     """Bright blobs: scale-space maxima of the scale-normalised −LoG, as (score, y, x, σ), best first.
@@ -309,8 +341,10 @@ def inject_lesion(
     """Copy-move (or synthesise) a lesion-like blob and Poisson-blend it at ``center``.
 
     ``method``: "seamless"/"normal" (NORMAL_CLONE) or "mixed" (MIXED_CLONE). Default ``center`` is
-    a random foreground location; default ``radius`` is 6–20 px at 256² scale. ``source`` (grey or
-    RGB, any size ≥ the blend window) supplies the donor instead of the image itself.
+    a random foreground location; default ``radius`` is 6–20 px at 256² scale (≥ 3 px). With a
+    donor, the final radius is refitted to the donor blob (≈0.7–1.4× the request) so the mask
+    encloses it; ``TamperResult.radius`` reports it. ``source`` (grey or RGB, any size ≥ the blend
+    window) supplies the donor instead of the image itself.
     """
     if method not in _CLONE_FLAGS:
         raise ValueError(f"unknown inject method {method!r}; use one of {sorted(_CLONE_FLAGS)}")
@@ -390,7 +424,9 @@ def remove_region(
     """Inpaint an elliptical region from its surroundings (float32 ``cv2.inpaint``, TELEA or NS).
 
     Default ``center``: one of the brightest compact structures in the foreground (with its
-    radius estimated from the blob scale); random foreground location if none stands out.
+    radius estimated from the blob scale, ×1.3 + 2 px to cover its edge); a random foreground
+    location if none stands out. ``radius`` is clipped to [2, min(H, W)/4]. Inpainted pixels get
+    noise matched to the surrounding texture so the hole is not suspiciously smooth.
     """
     if method not in _INPAINT_FLAGS:
         raise ValueError(f"unknown remove method {method!r}; use one of {sorted(_INPAINT_FLAGS)}")
@@ -405,7 +441,7 @@ def remove_region(
         if radius is not None:
             sigmas = [float(radius) / 1.3 / math.sqrt(2)]
         else:
-            sigmas = [max(1.5, r0 * sc / math.sqrt(2)) for r0 in (4, 6, 9, 13, 18, 24)]
+            sigmas = sorted({max(1.5, r0 * sc / math.sqrt(2)) for r0 in (4, 6, 9, 13, 18, 24)})
         cands = _blob_candidates(g, np.ones(fg.shape, dtype=bool), _fg_distance(fg), sigmas, k=5)
         cands = [c for c in cands if c[0] >= 0.5 * cands[0][0]] if cands else []
         if cands:

@@ -63,7 +63,7 @@ def make_tampered_set(
             Image.fromarray(_to_uint8(tampered.pixels)).save(img_path)
             Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
         extra = {k: v for k, v in row.extra.items() if k in ("license",)}
-        extra.update(original_path=str(row.resolve(manifest.root)), mask=str(mask_rel))
+        extra.update(original_path=str(row.resolve(manifest.root)), mask=str(mask_path.resolve()))
         rows.append(
             replace(row, path=str(img_rel), label="fake", generator=f"tamper-{kind}", family="tamper", extra=extra)
         )
