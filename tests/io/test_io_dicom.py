@@ -55,6 +55,15 @@ def test_jpeg_baseline_decodes_close_to_dcmtk_decompressed(pyd, pdd):
     np.testing.assert_allclose(img.pixels[0, 0], [1.0, 0.0, 0.0], atol=3 / 255)
 
 
+def test_native_ybr_converted_to_rgb(pyd, pdd):
+    rgb = load(pdd / "SC_rgb.dcm").pixels
+    for path in (pdd / "SC_ybr_full_uncompressed.dcm", pyd / "SC_ybr_full_422_uncompressed.dcm"):
+        img = load(path)
+        assert img.meta.photometric.startswith("YBR_FULL") and img.pixels.shape == (100, 100, 3)
+        diff = np.abs(img.pixels - rgb)  # YBR quantisation: a few levels; unconverted YBR: ~100
+        assert diff.max() <= 8 / 255 and diff.mean() < 1 / 255, path.name
+
+
 def test_jpeg_baseline_multiframe_ybr(pyd):
     frames = load_frames(pyd / "examples_ybr_color.dcm")
     assert len(frames) == 30
@@ -260,6 +269,14 @@ def test_truncated_pixel_data(pyd, tmp_path):
     with pytest.raises(UnreadableImageError, match="truncated DICOM pixel data") as ei:
         load(path)
     assert str(ei.value).startswith(str(path))
+
+
+def test_truncated_before_pixel_data(pyd, tmp_path):
+    data = (pyd / "MR_small.dcm").read_bytes()
+    path = tmp_path / "header_only.dcm"
+    path.write_bytes(data[:1000])
+    with pytest.raises(UnreadableImageError, match=r"no pixel data \(SOP class MR Image Storage\); the file may be truncated"):
+        load(path)
 
 
 def test_truncated_encapsulated(pyd, tmp_path):

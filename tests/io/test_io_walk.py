@@ -106,7 +106,7 @@ def test_group_series_on_real_folder(pyd):
     for files in groups.values():
         numbers = [int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber) for f in files]
         assert numbers == sorted(numbers)
-    assert sum(len(v) for v in groups.values()) == 7  # 3 CR + 4 CT, DICOMDIR skipped
+    assert sum(len(v) for v in groups.values()) == 7  # CR1, CR2, CR3 + 4 CT2 files
 
 
 def test_sniff_format(tmp_path, encoded, pyd):

@@ -30,13 +30,17 @@ def _save_png(pixels: np.ndarray, path: Path) -> None:
         Image.fromarray(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)).save(path)
 
 
-def prepare_inputs(out: Path, seed: int = 0) -> Path:
+def prepare_inputs(out: Path, seed: int = 0, max_samples: int | None = None) -> Path:
     """Copy sample DICOMs into ``out/inputs/real`` and write tampered copies to ``out/inputs/tampered``."""
     real_dir, fake_dir = out / "inputs" / "real", out / "inputs" / "tampered"
     real_dir.mkdir(parents=True, exist_ok=True)
     fake_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for name, src in sorted(sample_dicoms().items()):
+    samples = sorted(sample_dicoms().items())
+    if max_samples is not None:  # evenly spread over the (modality-ordered) list
+        samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_samples).round().astype(int)]
+    for name, src in samples:
+        name = name.removesuffix(".dcm").replace("/", "_")
         dst = real_dir / f"{name}.dcm"
         shutil.copyfile(src, dst)
         try:
@@ -59,6 +63,7 @@ def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", "-o", help="Folder for inputs, JSON, CSV and report."),
     model: str = typer.Option("default", "--model", "-m", help="Model to scan with."),
     seed: int = typer.Option(0, help="Tampering seed."),
+    max_samples: int | None = typer.Option(None, help="Use at most this many sample DICOMs (default: all)."),
 ) -> None:
     """Tamper real sample DICOMs, scan originals and copies, write report.html."""
     if out.exists() and any(out.iterdir()) and not (out / ".medforensics-demo").exists():
@@ -67,7 +72,7 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     (out / ".medforensics-demo").touch()
     console.print(f"[bold]1/3[/] preparing sample DICOMs and tampered copies in {out / 'inputs'}")
-    inputs = prepare_inputs(out, seed)
+    inputs = prepare_inputs(out, seed, max_samples)
     detector = open_model(model)
     console.print(f"[bold]2/3[/] scanning with model {model!r} ({detector.name}, τ = {detector.threshold:.4f})")
     results = list(scan_paths([inputs], detector))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -53,7 +52,10 @@ def train(
     det.training_summary["manifest"] = str(manifest or "shared data manifest")
     console.print(f"trained in {summary.get('seconds')} s; best epoch {summary.get('best_epoch')}; "
                   f"threshold {det.threshold:.4f}")
-    command = "medforensics " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    args = ["train", name, "--out", str(out), "--workdir", str(workdir), "--seed", str(seed),
+            "--tamper-fraction", str(tamper_fraction), "--n-boot", str(n_boot)]
+    args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
+    command = "medforensics " + " ".join(shlex.quote(a) for a in args)
     det.save(out, model_card=render_model_card(det, command=command))  # saved before the (long) evaluation
     console.print(f"model → {out}")
     if evaluate:

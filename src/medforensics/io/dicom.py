@@ -197,8 +197,9 @@ def _window(ds: Dataset, index: int) -> tuple[float, float, str] | None:
         return None
     if center is None or width is None or not np.isfinite([center, width]).all():
         return None
-    func = str(src.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-    if width <= 0 or (func not in ("SIGMOID", "LINEAR_EXACT") and width < 1):
+    func = str(src.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    func = func if func in ("LINEAR_EXACT", "SIGMOID") else "LINEAR"  # unknown → default LINEAR
+    if width <= 0 or (func == "LINEAR" and width < 1):
         return None
     return center, width, func
 
@@ -235,11 +236,9 @@ def _check_decoder(path: Path, ds: Dataset) -> UID:
             path, f"unsupported transfer syntax {ts.name} ({ts}): no decoder available"
         ) from exc
     if not decoder.is_available:
-        missing = "; ".join(f"{k}: {', '.join(v)}" for k, v in decoder.missing_dependencies.items()) if hasattr(
-            decoder, "missing_dependencies"
-        ) else ""
+        missing = ", ".join(getattr(decoder, "missing_dependencies", []))
         raise UnreadableImageError(
-            path, f"unsupported transfer syntax {ts.name} ({ts}): no decoder plugin installed {missing}".rstrip()
+            path, f"unsupported transfer syntax {ts.name} ({ts}): no decoder plugin installed ({missing})"
         )
     return ts
 
@@ -264,13 +263,32 @@ def _grey_values(ds: Dataset, frame: np.ndarray, index: int, bits: int) -> tuple
     return frame, bits, ""
 
 
+def _frame_values(
+    ds: Dataset, indices: list[int], raw: list[np.ndarray], photometric: str, spp: int, bits: int
+) -> tuple[list[np.ndarray], list[str], str, int]:
+    """Palette lookup / modality LUT per frame → (values, notes, intensity kind, bit depth)."""
+    if photometric == "PALETTE COLOR":
+        rgbs = [apply_color_lut(frame, ds) for frame in raw]
+        depth = 8 if rgbs and rgbs[0].dtype == np.uint8 else 16
+        return rgbs, ["palette colour LUT"] * len(rgbs), "display", depth
+    if spp == 3:  # RGB, or YBR already converted to RGB by pydicom / the JPEG decoders
+        return list(raw), [""] * len(raw), "display", bits
+    values, notes, depth = [], [], bits
+    for i, frame in zip(indices, raw):
+        vals, depth, note = _grey_values(ds, frame, i, bits)
+        values.append(vals)
+        notes.append(note)
+    return values, notes, "dicom", depth
+
+
 def read_dicom(path: Path, select: Select, modality: str | None, config: IntensityConfig) -> list[MedImage]:
     """Decode the selected frames of a DICOM file (see the module docstring)."""
     ds = read_dataset(path)
     dicom_modality = _text(ds, "Modality")
     sop = _sop_class(ds)
     if not any(k in ds for k in PIXEL_KEYWORDS):
-        raise UnreadableImageError(path, f"DICOM file has no pixel data (SOP class {sop})")
+        hint = "; the file may be truncated" if "Image Storage" in sop or "Rows" in ds else ""
+        raise UnreadableImageError(path, f"DICOM file has no pixel data (SOP class {sop}){hint}")
     if (dicom_modality or "").upper() in NON_IMAGE_MODALITIES:
         raise UnreadableImageError(path, f"non-image DICOM (Modality {dicom_modality}, SOP class {sop})")
     missing = [k for k in ("Rows", "Columns", "BitsAllocated") if ds.get(k) in (None, "")]
@@ -283,7 +301,7 @@ def read_dicom(path: Path, select: Select, modality: str | None, config: Intensi
         bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     except (TypeError, ValueError) as exc:
         raise UnreadableImageError(path, f"invalid DICOM image pixel module: {exc}") from exc
-    check_frame_size(path, rows, cols, spp)
+    check_frame_size(path, rows, cols)
     indices = select(n)
     project = canonical_modality(modality) if modality is not None else map_modality(dicom_modality)
     photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
@@ -291,35 +309,18 @@ def read_dicom(path: Path, select: Select, modality: str | None, config: Intensi
     colour = palette or spp == 3
     pooled = not colour and pools_frames(project, kind="dicom", config=config)
     decode = list(range(n)) if pooled else indices
-    check_total_size(path, len(decode), rows, cols * spp)
+    check_total_size(path, len(decode), rows, cols, spp)
     ts = _check_decoder(path, ds)
     try:
         raw = _decode(ds, decode, n)
-        values: list[np.ndarray] = []
-        notes: list[str] = []
-        kind, depth, windows = "dicom", bits, None
-        for i, frame in zip(decode, raw):
-            if palette:
-                rgb = apply_color_lut(frame, ds)
-                kind, depth = "display", 8 if rgb.dtype == np.uint8 else 16
-                values.append(rgb)
-                notes.append("palette colour LUT")
-            elif colour:
-                kind = "display"
-                values.append(frame)
-                notes.append("")
-            else:
-                vals, depth, note = _grey_values(ds, frame, i, bits)
-                values.append(vals)
-                notes.append(note)
+        values, notes, kind, depth = _frame_values(ds, decode, raw, photometric, spp, bits)
+        windows = None
         if kind == "dicom" and project not in ("ct", "mri"):
             windows = [_window(ds, i) for i in decode]
-            if all(w is None for w in windows) and ds.get("VOILUTSequence") and all(
-                v.dtype.kind in "iu" for v in values
-            ):
+            if all(w is None for w in windows) and ds.get("VOILUTSequence") and all(v.dtype.kind in "iu" for v in values):
                 values = [apply_voi(v, ds) for v in values]
                 kind, depth, windows = "display", 8 if values[0].dtype == np.uint8 else 16, None
-                notes = [(n_ + "; " if n_ else "") + "VOI LUT table" for n_ in notes]
+                notes = [f"{note}; VOI LUT table" if note else "VOI LUT table" for note in notes]
         pixels, descs = normalise_stack(values, project, kind=kind, bit_depth=depth, config=config, windows=windows)
     except UnreadableImageError:
         raise

@@ -139,12 +139,11 @@ def apply_window(arr: np.ndarray, window: Sequence[Any]) -> tuple[np.ndarray, st
         out = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
     elif func == "LINEAR_EXACT" and width > 0:
         out = (x - center) / width + 0.5
-    elif func in ("LINEAR", "SIGMOID", "LINEAR_EXACT") and width >= 1:
+    elif func == "LINEAR" and width >= 1:
         if width == 1:  # degenerate LINEAR window: a threshold at center - 0.5
             out = (x > center - 0.5).astype(np.float64)
         else:
             out = (x - (center - 0.5)) / (width - 1) + 0.5
-        func = "LINEAR"
     else:
         raise ValueError(f"invalid VOI window: center {center}, width {width}, function {func}")
     out = np.clip(out, 0.0, 1.0).astype(np.float32)

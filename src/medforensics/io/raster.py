@@ -28,14 +28,14 @@ from .intensity import IntensityConfig, normalise_intensity
 from .types import ImageMeta, MedImage, UnreadableImageError
 
 MAX_PIXELS = 100_000_000  # per frame (10k × 10k); larger headers are rejected before decoding
-MAX_TOTAL_PIXELS = 2**29  # per decode (all frames of a file that must be held at once)
+MAX_TOTAL_PIXELS = 2**29  # per decode: frames × rows × columns × samples held at once
 
 Select = Callable[[int], list[int]]
 
 _FORMATS = {"MPO": "jpeg", "JPEG": "jpeg", "PNG": "png", "TIFF": "tiff", "BMP": "bmp", "DIB": "bmp"}
 
 
-def check_frame_size(path: str | Path, height: int, width: int, samples: int = 1) -> None:
+def check_frame_size(path: str | Path, height: int, width: int) -> None:
     """Raise ``UnreadableImageError`` when one frame exceeds :data:`MAX_PIXELS`."""
     if height <= 0 or width <= 0:
         raise UnreadableImageError(path, f"invalid image size {height}×{width}")
@@ -45,14 +45,15 @@ def check_frame_size(path: str | Path, height: int, width: int, samples: int = 1
         )
 
 
-def check_total_size(path: str | Path, n_frames: int, height: int, width: int) -> None:
-    """Raise ``UnreadableImageError`` when ``n_frames`` frames exceed :data:`MAX_TOTAL_PIXELS`."""
-    total = n_frames * height * width
+def check_total_size(path: str | Path, n_frames: int, height: int, width: int, samples: int = 1) -> None:
+    """Raise when ``n_frames`` frames (× samples per pixel) exceed :data:`MAX_TOTAL_PIXELS` values."""
+    total = n_frames * height * width * samples
     if total > MAX_TOTAL_PIXELS:
+        per = f"{width}×{height}" + (f"×{samples}" if samples > 1 else "")
         raise UnreadableImageError(
             path,
-            f"image too large: {n_frames} frames of {width}×{height} = {total:,} pixels "
-            f"exceeds the limit of {MAX_TOTAL_PIXELS:,} pixels per file",
+            f"image too large: {n_frames} frames of {per} = {total:,} values "
+            f"exceeds the limit of {MAX_TOTAL_PIXELS:,} per file",
         )
 
 
@@ -118,6 +119,7 @@ def read_raster(
                 fmt = _FORMATS.get(str(im.format), str(im.format).lower())
                 n = int(getattr(im, "n_frames", 1) or 1)
                 indices = select(n)
+                check_total_size(path, len(indices), im.size[1], im.size[0], len(im.getbands()))
                 images = []
                 for i in indices:
                     if n > 1:

@@ -20,7 +20,7 @@ SAMPLE_NOTES: dict[str, tuple[str, str]] = {
     "MR_small_jpeg_ls_lossless.dcm": ("pydicom", "MR_small, JPEG-LS lossless"),
     "MR_small_jp2klossless.dcm": ("pydicom", "MR_small, JPEG 2000 lossless"),
     "MR_small_bigendian.dcm": ("pydicom", "MR_small, explicit VR big endian"),
-    "JPEG-lossy.dcm": ("pydicom", "NM 1024×256 12-bit, JPEG extended (process 2/4)"),
+    "JPGExtended.dcm": ("pydicom", "NM 1024×256 12-bit, JPEG extended (process 2/4)"),
     "JPEG2000.dcm": ("pydicom", "NM 1024×256 16-bit signed, JPEG 2000 lossy"),
     "SC_rgb_jpeg_dcmtk.dcm": ("pydicom", "OT RGB 100×100, JPEG baseline, YBR_FULL"),
     "SC_rgb_rle.dcm": ("pydicom", "OT RGB 100×100, RLE lossless"),
