@@ -29,7 +29,7 @@ def test_train_then_evaluate(tiny_manifest, tmp_path):
 
     js = tmp_path / "eval.json"
     res = runner.invoke(app, ["evaluate", str(tiny_manifest.path), "--model", str(out), "--split", "all",
-                              "--n-boot", "5", "--json", str(js)])
+                              "--n-boot", "5", "--json", str(js), "--report", str(tmp_path / "eval.html")])
     assert res.exit_code == 0, res.output
     result = json.loads(js.read_text())
     plain = result["views"]["plain"]
@@ -38,6 +38,8 @@ def test_train_then_evaluate(tiny_manifest, tmp_path):
     assert {"xray", "endoscopy", "all"} <= set(per_mod)
     assert 0.0 <= per_mod["all"]["auc"]["mean"] <= 1.0
     assert per_mod["all"]["auc"]["lo"] <= per_mod["all"]["auc"]["hi"]
+    html = (tmp_path / "eval.html").read_text()
+    assert "data:image/png;base64" in html and "per_modality" in html
 
 
 def test_train_refuses_to_overwrite_a_model(tiny_manifest, tmp_path, tiny_model_dir):

@@ -24,10 +24,11 @@ def evaluate(
     threshold: float | None = typer.Option(None, help="Threshold for Acc (default: the model's calibrated τ)."),
     json_out: Path | None = typer.Option(None, "--json", help="Write every number as JSON."),
     markdown_out: Path | None = typer.Option(None, "--markdown", help="Write the tables as Markdown."),
+    report: Path | None = typer.Option(None, "--report", help="Write an HTML report with tables and ROC/PR plots."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
 ) -> None:
     """Per-modality Acc/AP/AUC/EER with bootstrap intervals, plain and matched, and per generator."""
-    for out in (json_out, markdown_out):
+    for out in (json_out, markdown_out, report):
         refuse_overwrite(out, force)
     detector = open_model(model)
     m = Manifest.read(manifest)
@@ -54,3 +55,24 @@ def evaluate(
     if markdown_out:
         markdown_out.write_text("\n\n".join(f"## {k}\n\n{v}" for k, v in result.markdown.items()))
         console.print(f"Markdown: {markdown_out}")
+    if report:
+        write_report(result, report)
+        console.print(f"report: {report}")
+
+
+def write_report(result, path: Path) -> Path:
+    """HTML page with the tables and ROC / PR curves of each view (plots written beside it)."""
+    from ..eval.plots import plot_pr, plot_roc
+    from ..eval.report import write_eval_report
+
+    curves = {}
+    for view, data in result.views.items():
+        labels = [int(s["label"] == "fake") for s in data["scores"]]
+        curves[view] = (labels, [s["score"] for s in data["scores"]])
+    stem = path.with_suffix("")
+    plots = {
+        "ROC, plain vs processing-matched": plot_roc(curves, f"{stem}_roc.png", title="ROC"),
+        "Precision-recall": plot_pr(curves, f"{stem}_pr.png", title="Precision-recall"),
+    }
+    return write_eval_report(result.markdown, plots, path, title=f"medforensics evaluation — {result.detector}",
+                             info={"detector": result.detector, "threshold": result.threshold})
