@@ -140,22 +140,26 @@ def evaluate_detector(
                 balance_groups=[r.source for r in rows],
             )
             view_result[subset] = {"per_modality": per_mod}
-            modality_rows[f"{detector.name} · {view} · {subset}"] = per_mod
+            # table columns are the modalities; "Mean" averages them (the pooled "all" stays in the JSON)
+            modality_rows[f"{detector.name} · {view} · {subset}"] = {k: v for k, v in per_mod.items() if k != "all"}
         per_gen = per_generator_metrics(
             scored.labels, scored.scores, [r.modality for r in scored.rows],
             [r.generator if r.label == "fake" else "" for r in scored.rows], threshold=tau, bootstrap=True,
             n_iter=n_boot, seed=seed,
         )
         view_result["per_generator"] = per_gen
-        generator_rows[f"{detector.name} · {view}"] = per_gen
+        mismatched = {r.generator for r, ok in zip(scored.rows, matched_mask) if not ok}
+        for gen, metrics in per_gen.items():
+            generator_rows.setdefault(gen + (" †" if gen in mismatched else ""), {})[view] = metrics
         view_result["scores"] = [
             {"path": r.path, "label": r.label, "modality": r.modality, "generator": r.generator, "score": float(s)}
             for r, s in zip(scored.rows, scored.scores)
         ]
         results[view] = view_result
     markdown = {
-        "per_modality": metric_table(modality_rows).markdown,
-        "per_modality_auc": metric_table(modality_rows, intervals="auc").markdown,
-        "per_generator": metric_table(generator_rows).markdown,
+        "per_modality": metric_table(modality_rows, estimate="mean").markdown,
+        "per_modality_auc": metric_table(modality_rows, intervals="auc", estimate="mean").markdown,
+        "per_generator": metric_table(generator_rows, mean=False, estimate="mean").markdown
+        + "\n† anatomy-mismatched: no real image of the same anatomy in its modality.\n",
     }
     return EvaluationResult(detector.name, tau, results, markdown, n_errors)

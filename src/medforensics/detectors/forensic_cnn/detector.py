@@ -142,8 +142,9 @@ class ForensicCNNDetector(Detector):
             else:
                 best.update(-record["train_loss"], epoch + 1, self.model)
             history.append(record)
-            if c["progress"]:
-                print("  " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            if c["progress"] is not None:
+                print("  " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
+                      flush=True)
         if best.state is not None:
             self.model.load_state_dict(best.state)
         self.model.eval()
