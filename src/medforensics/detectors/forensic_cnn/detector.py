@@ -5,7 +5,9 @@ when the image is a whole-image fake, or — for tampered images with a mask —
 ``min_mask_fraction`` of it lies inside the tampered region; half of a tampered image's patches
 are drawn around the mask. At scoring time the image is cut into a regular grid of patches; the
 image logit is the mean of the top ``topk`` fraction of patch logits, and the grid of patch
-probabilities (overlap-averaged back to pixels) is the anomaly map.
+probabilities (overlap-averaged back to pixels) is the anomaly map. With ``topk="auto"`` the
+fraction is chosen among ``TOPK_CANDIDATES`` by validation AUC (small fractions suit small
+tampered regions, large ones whole-image fakes).
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from ..base import Detector
 from ..registry import register_detector
 from .model import ForensicCNN, patch_map, patchify, topk_mean
 
+DEFAULT_TOPK = 0.25
+#: image score = mean of the top fraction of patch logits; 0.0 = the single highest patch (max)
+TOPK_CANDIDATES = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+
 DEFAULTS: dict[str, Any] = {
     "width": 32,
     "bayar_channels": 6,
     "patch_size": 64,
     "patch_stride": 32,
-    "topk": 0.25,
+    "topk": "auto",  # fraction of patch logits averaged; "auto" = chosen on validation AUC
     "epochs": 10,
     "batch_size": 16,
     "patches_per_image": 8,
@@ -69,7 +75,8 @@ class ForensicCNNDetector(Detector):
 
     def _score_arrays(self, batch: torch.Tensor) -> np.ndarray:
         logits, _ = self._patch_logits(batch)
-        return torch.sigmoid(topk_mean(logits, self.config["topk"])).numpy()
+        topk = self.config["topk"]
+        return torch.sigmoid(topk_mean(logits, DEFAULT_TOPK if topk == "auto" else topk)).numpy()
 
     def _anomaly_map_arrays(self, batch: torch.Tensor) -> np.ndarray:
         c = self.config
@@ -104,7 +111,6 @@ class ForensicCNNDetector(Detector):
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
         """Train with BCE on patches; keep the epoch with the best validation AUC; calibrate τ on val reals."""
         from ...eval.calibration import calibrate
-        from ...eval.metrics import compute_metrics
 
         c = self.config
         gen = seed_everything(self.seed)
@@ -114,6 +120,7 @@ class ForensicCNNDetector(Detector):
         opt = torch.optim.AdamW(self.model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=max(1, c["epochs"] * len(loader)))
         best, history, t0 = BestState(), [], time.time()
+        best_topk = DEFAULT_TOPK if c["topk"] == "auto" else c["topk"]
         for epoch in range(c["epochs"]):
             if hasattr(train, "set_epoch"):
                 train.set_epoch(epoch)
@@ -132,13 +139,12 @@ class ForensicCNNDetector(Detector):
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
             if val is not None and len(val):
-                y_val, s_val = self._scores_of(val)
-                m = compute_metrics(y_val, s_val)
-                eps = 1e-6
-                bce = float(-np.mean(y_val * np.log(s_val + eps) + (1 - y_val) * np.log(1 - s_val + eps)))
-                record.update(val_auc=m["auc"], val_ap=m["ap"], val_bce=bce)
+                y_val, logits = self._val_logits(val)
+                frac, m, bce = self._choose_aggregation(y_val, logits)
+                record.update(val_auc=m["auc"], val_ap=m["ap"], val_bce=bce, topk=frac)
                 auc = m["auc"] if np.isfinite(m["auc"]) else 0.0
-                best.update((round(auc, 4), -bce), epoch + 1, self.model)  # AUC first, BCE breaks ties
+                if best.update((round(auc, 4), -bce), epoch + 1, self.model):  # AUC first, BCE breaks ties
+                    best_topk = frac
             else:
                 best.update(-record["train_loss"], epoch + 1, self.model)
             history.append(record)
@@ -148,9 +154,10 @@ class ForensicCNNDetector(Detector):
         if best.state is not None:
             self.model.load_state_dict(best.state)
         self.model.eval()
+        c["topk"] = best_topk if c["topk"] == "auto" else c["topk"]
         summary: dict[str, Any] = {
             "n_train": len(train), "n_val": len(val) if val is not None else 0, "best_epoch": best.epoch,
-            "history": history, "seconds": round(time.time() - t0, 1),
+            "topk": c["topk"], "history": history, "seconds": round(time.time() - t0, 1),
         }
         if val is not None and len(val):
             y_val, s_val = self._scores_of(val)
@@ -161,6 +168,32 @@ class ForensicCNNDetector(Detector):
                                    real_val_scores=[round(float(v), 6) for v in np.sort(real)])
         self.training_summary = summary
         return summary
+
+    def _val_logits(self, dataset: Sequence[dict]) -> tuple[np.ndarray, torch.Tensor]:
+        """Labels and N×P patch logits of a dataset (computed once, re-aggregated cheaply)."""
+        ys, logits = [], []
+        step = self.config["score_batch"]
+        with torch.no_grad():
+            for start in range(0, len(dataset), step):
+                items = [dataset[i] for i in range(start, min(len(dataset), start + step))]
+                ys += [int(it["label"]) for it in items]
+                logits.append(self._patch_logits(torch.stack([it["image"] for it in items]))[0])
+        return np.asarray(ys), torch.cat(logits)
+
+    def _choose_aggregation(self, y: np.ndarray, logits: torch.Tensor) -> tuple[float, dict[str, Any], float]:
+        """Top-k fraction (fixed, or the best validation AUC among TOPK_CANDIDATES when "auto")."""
+        from ...eval.metrics import compute_metrics
+
+        fixed = self.config["topk"]
+        best: tuple[tuple[float, float], float, dict[str, Any], float] | None = None
+        for frac in TOPK_CANDIDATES if fixed == "auto" else (fixed,):
+            s = torch.sigmoid(topk_mean(logits, frac)).numpy().astype(np.float64)
+            m = compute_metrics(y, s)
+            bce = float(-np.mean(y * np.log(s + 1e-6) + (1 - y) * np.log(1 - s + 1e-6)))
+            key = (round(m["auc"], 4) if np.isfinite(m["auc"]) else 0.0, -bce)
+            if best is None or key > best[0]:
+                best = (key, frac, m, bce)
+        return best[1], best[2], best[3]
 
     def _scores_of(self, dataset: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
         ys, ss = [], []
