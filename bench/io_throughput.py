@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import time
 from pathlib import Path
+
+from _common import emit, peak_rss_mib
 
 from medforensics.io import UnreadableImageError, all_sample_dicoms, load_frames, standardise
 
@@ -43,11 +43,8 @@ def main() -> None:
         out["png"] = _throughput(pngs, args.repeat)
     except FileNotFoundError as err:
         out["png"] = {"skipped": str(err)}
-    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    out["peak_rss_mib"] = peak_rss_mib()
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

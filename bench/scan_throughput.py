@@ -6,14 +6,25 @@
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import time
 
 import numpy as np
 import torch
 
+from _common import emit, peak_rss_mib
+
 from medforensics.detectors import load_detector
+
+
+def _scan_files(det, folder: str) -> dict:
+    """End-to-end: walk, load, preprocess and score every file of ``folder`` (no maps)."""
+    from medforensics.scan import scan_paths
+
+    t0 = time.perf_counter()
+    results = list(scan_paths([folder], det, with_maps=False))
+    dt = time.perf_counter() - t0
+    return {"files": len(results), "file_errors": sum(not r.ok for r in results),
+            "files_per_s_end_to_end": round(len(results) / dt, 2)}
 
 
 def main() -> None:
@@ -22,6 +33,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--files", default=None, help="also time the full scan path (load → score) on this folder")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -44,12 +56,10 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "images_per_s_score": round(args.n / score_s, 2),
         "images_per_s_score_and_map": round(args.n / map_s, 2),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        **(_scan_files(det, args.files) if args.files else {}),
+        "peak_rss_mib": peak_rss_mib(),
     }
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

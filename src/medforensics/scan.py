@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from .detectors.base import Detector
-from .io import UnreadableImageError, iter_images
+from .io import UnreadableImageError, iter_images, standardise
 from .results import ScanResult
+
+THUMBNAIL = 128
 
 
 def scan_paths(
@@ -54,10 +56,10 @@ def score_frames(path: str, frames: list, detector: Detector, threshold: float, 
         result.verdict = "fake" if result.score >= threshold else "real"
         m = frames[best].meta
         result.meta = {k: v for k, v in m.to_dict().items() if k not in ("extra", "path") and v not in (None, "", ())}
-        if with_maps:
-            result.thumbnail = np.moveaxis(batch[best].numpy(), 0, -1)
+        if with_maps:  # kept small (THUMBNAIL px) so a report over many files stays in memory
+            result.thumbnail = standardise(np.moveaxis(batch[best].numpy(), 0, -1), THUMBNAIL)
             maps = detector.anomaly_map(batch[best : best + 1])
-            result.heatmap = None if maps is None else maps[0]
+            result.heatmap = None if maps is None else standardise(maps[0], THUMBNAIL)
     except UnreadableImageError as err:
         result.error = err.reason
     except Exception as err:  # a bad input must never take down a batch
