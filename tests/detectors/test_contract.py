@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from medforensics.detectors import Detector, create_detector, list_detectors, load_detector
 
-#: tiny configs per detector so the contract runs in seconds
-TINY = {"forensic_cnn": {"width": 8, "epochs": 1, "batch_size": 8, "patches_per_image": 2, "patch_size": 32,
-                         "patch_stride": 32, "progress": False}}
+#: tiny configs per detector so the contract runs in seconds: tests/detectors/tiny/<name>.json,
+#: one file per detector (constructor keyword arguments; "preprocessing" may be a dict)
+TINY_DIR = Path(__file__).parent / "tiny"
+
+
+def tiny_config(name: str) -> dict:
+    path = TINY_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 @pytest.mark.parametrize("name", list_detectors())
 def test_detector_contract(name, toy_sets, tmp_path):
     train, val = toy_sets
-    det = create_detector(name, seed=0, **TINY.get(name, {}))
+    det = create_detector(name, seed=0, **tiny_config(name))
     assert isinstance(det, Detector) and det.name == name
     summary = det.fit(train[:16], val[:8])
     assert isinstance(summary, dict)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+
 import typer
 
 from . import data as data_cmd
@@ -18,6 +20,18 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
 app.command("models")(models_cmd.models)
 app.add_typer(data_cmd.app, name="data")
+
+#: Optional command modules: each defines ``register(app)`` and imports heavy dependencies lazily,
+#: inside its commands, so ``medforensics --help`` stays fast and works without optional extras.
+PLUGINS = ("bank", "synth", "bench", "serve", "dicom", "reader_study")
+for _name in PLUGINS:
+    try:
+        _module = import_module(f"{__package__}.{_name}")
+    except ModuleNotFoundError as _exc:
+        if _exc.name != f"{__package__}.{_name}":
+            raise
+        continue
+    _module.register(app)
 
 
 def main() -> None:

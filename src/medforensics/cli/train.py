@@ -33,6 +33,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     manifest: Path | None = typer.Option(None, help="Manifest CSV/Parquet (default: the shared data's)."),
     workdir: Path = typer.Option(Path("runs/work"), help="Where tampered copies and caches go."),
+    modality: list[str] = typer.Option([], "--modality", help="Train on these modalities only (repeatable)."),
+    backbone: str | None = typer.Option(None, "--backbone", help="Pretrained backbone: a Hugging Face name or a "
+                                         "local directory (detectors with a backbone option)."),
     options: list[str] = typer.Option([], "--set", help="Detector option key=value (JSON values), repeatable."),
     seed: int = typer.Option(0, help="Seed for split, data and model."),
     tamper_fraction: float = typer.Option(0.5, help="Fraction of real images given a tampered copy."),
@@ -43,7 +46,14 @@ def train(
     """Split by patient, train with processing matched between classes, calibrate τ, save, evaluate."""
     refuse_overwrite(out / "config.json", force)
     m = Manifest.read(manifest) if manifest else shared_manifest()
-    det = create_detector(name, seed=seed, **_parse_options(options))
+    if modality:
+        m = m.filter(lambda r: r.modality in modality)
+        if not len(m):
+            raise typer.BadParameter(f"no rows of modality {', '.join(modality)} in the manifest")
+    config = _parse_options(options)
+    if backbone is not None:
+        config["backbone"] = backbone
+    det = create_detector(name, seed=seed, **config)
     data = prepare_supervised_data(m, workdir, seed=seed, tamper_fraction=tamper_fraction if det.supervised else 0.0)
     console.print(f"data: {json.dumps(data.summary)}")
     train_set, val_set = training_datasets(data, det.preprocessing, seed=seed, real_only=not det.supervised)
@@ -55,6 +65,7 @@ def train(
     args = ["train", name, "--out", str(out), "--workdir", str(workdir), "--seed", str(seed),
             "--tamper-fraction", str(tamper_fraction), "--n-boot", str(n_boot)]
     args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
+    args += [a for mod in modality for a in ("--modality", mod)] + (["--backbone", backbone] if backbone else [])
     command = "medforensics " + " ".join(shlex.quote(a) for a in args)
     det.save(out, model_card=render_model_card(det, command=command))  # saved before the (long) evaluation
     console.print(f"model → {out}")

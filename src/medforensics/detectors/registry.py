@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib import resources
+from importlib import import_module, resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,8 +25,29 @@ def register_detector(cls: D) -> D:
     return cls
 
 
+#: Sub-packages of ``medforensics.detectors`` that register built-in detectors when imported.
+#: Adding a detector = adding its module here (and a tiny test config, see tests/detectors/tiny/).
+BUILTIN_MODULES = ("forensic_cnn", "dski", "unifd", "npr", "f3net", "btd", "reconstruction")
+
+#: Built-in detector modules that could not be imported (missing optional dependency): module -> reason.
+UNAVAILABLE: dict[str, str] = {}
+_loaded = False
+
+
 def _ensure_builtin() -> None:
-    from . import forensic_cnn  # noqa: F401  (registers itself)
+    """Import every built-in detector module once; a module whose optional dependency is missing
+    is recorded in :data:`UNAVAILABLE` instead of failing the whole registry."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in BUILTIN_MODULES:
+        try:
+            import_module(f"{__package__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{module}":
+                continue  # not written yet / not part of this build
+            UNAVAILABLE[module] = f"needs the optional package {exc.name!r} (pip install 'medforensics[all]')"
 
 
 def list_detectors() -> list[str]:
@@ -40,7 +61,8 @@ def get_detector_class(name: str) -> type[Detector]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown detector {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
+        hint = "".join(f"; {m}: {why}" for m, why in UNAVAILABLE.items() if name.startswith(m) or m.startswith(name))
+        raise KeyError(f"unknown detector {name!r}; available: {', '.join(sorted(_REGISTRY))}{hint}") from None
 
 
 def create_detector(name: str, **config: Any) -> Detector:
