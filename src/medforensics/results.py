@@ -27,6 +27,11 @@ class ScanResult:
     meta: dict[str, Any] = field(default_factory=dict)
     heatmap: Any = field(default=None, repr=False, compare=False)
     thumbnail: Any = field(default=None, repr=False, compare=False)
+    # set when a results store is used: the file's SHA-256, the stored record's id, and whether the
+    # result was answered from the store instead of being scored again
+    content_hash: str | None = field(default=None, compare=False)
+    scan_id: str | None = field(default=None, compare=False)
+    cached: bool = field(default=False, compare=False)
 
     @property
     def ok(self) -> bool:

@@ -57,7 +57,8 @@ def score_frames(path: str, frames: list, detector: Detector, threshold: float, 
         m = frames[best].meta
         result.meta = {k: v for k, v in m.to_dict().items() if k not in ("extra", "path") and v not in (None, "", ())}
         if with_maps:  # kept small (THUMBNAIL px) so a report over many files stays in memory
-            result.thumbnail = standardise(np.moveaxis(batch[best].numpy(), 0, -1), THUMBNAIL)
+            chw = batch[best].numpy()  # single-channel models (e.g. btd): H×W, not H×W×1
+            result.thumbnail = standardise(chw[0] if chw.shape[0] == 1 else np.moveaxis(chw, 0, -1), THUMBNAIL)
             maps = detector.anomaly_map(batch[best : best + 1])
             result.heatmap = None if maps is None else standardise(maps[0], THUMBNAIL)
     except UnreadableImageError as err:

@@ -53,3 +53,30 @@ def summary_table(manifest: Manifest) -> Table:
     for (split, modality, label), n in sorted(counts.items()):
         table.add_row(split, modality, label, str(n))
     return table
+
+
+@app.command("add-fakes")
+def add_fakes(
+    folder: Path = typer.Argument(..., help="Folder of fakes made elsewhere (searched recursively)."),
+    generator: str = typer.Option(..., "--generator", help="Generator name for these fakes."),
+    modality: str = typer.Option(..., "--modality", help="Modality of these fakes."),
+    family: str | None = typer.Option(None, "--family", help="Generator family (default: inferred from the name)."),
+    manifest: Path | None = typer.Option(None, "--manifest", help="Manifest to write (default FOLDER/manifest.csv)."),
+) -> None:
+    """Import fakes into manifest rows with their history (original size, format, JPEG quality); never overwrites."""
+    from ..synth.generators import import_fakes
+
+    out = manifest or folder / "manifest.csv"
+    refuse_overwrite(out, False)
+    try:
+        rows, errors = import_fakes(folder, generator, modality, family=family, manifest_root=out.expanduser().resolve().parent)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    for err in errors:
+        console.print(f"[yellow]skipped:[/] {err}")
+    if not len(rows):
+        console.print(f"[red]error:[/] no readable images under {folder}")
+        raise typer.Exit(2)
+    rows.write(out)
+    console.print(f"{len(rows)} fakes ({len(errors)} unreadable skipped) → {out}")

@@ -7,5 +7,15 @@ Note: ``medforensics.synth.tamper`` is the *module*; its MedImage convenience fu
 from . import tamper
 from .tamper import TamperResult, foreground_mask, inject_lesion, remove_region
 from .tamper import tamper as tamper_image
+from .generators import (
+    create_generator,
+    import_fakes,
+    list_generator_families,
+    load_generator,
+    load_training_images,
+    sample_to_folder,
+)
 
-__all__ = ["TamperResult", "foreground_mask", "inject_lesion", "remove_region", "tamper", "tamper_image"]
+__all__ = ["TamperResult", "foreground_mask", "inject_lesion", "remove_region", "tamper", "tamper_image",
+           "create_generator", "import_fakes", "list_generator_families", "load_generator", "load_training_images",
+           "sample_to_folder"]

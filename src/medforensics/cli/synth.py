@@ -1,0 +1,143 @@
+"""``medforensics synth train|sample``: train a generator on real images of one modality, sample fakes."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import typer
+
+from .common import console, refuse_overwrite
+
+COLOUR_MODALITIES = ("endoscopy", "histopathology")
+
+
+def train(
+    family: str = typer.Option(..., "--family", "-f", help="Generator family: diffusion, gan, vae, latent_diffusion."),
+    modality: str = typer.Option(..., "--modality", "-m", help="Train on the real images of this modality."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write (checkpoints go to OUT/checkpoints)."),
+    manifest: Path | None = typer.Option(None, help="Manifest CSV/Parquet (default: the shared data's)."),
+    resolution: int = typer.Option(64, help="Training resolution (power of two: 64, 128, 256; 16/32 for toys)."),
+    channels: int | None = typer.Option(None, help="1 (grey) or 3 (RGB); default 3 for endoscopy/histopathology, else 1."),
+    steps: int = typer.Option(2000, help="Total optimisation steps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per step."),
+    options: list[str] = typer.Option([], "--set", help="Family option key=value (JSON values), repeatable."),
+    seed: int = typer.Option(0, help="Seed of weights and training."),
+    split: str = typer.Option("train", help="Split of the real images to train on."),
+    split_seed: int = typer.Option(0, help="Seed of the patient-level split when the manifest has none."),
+    test_fraction: float = typer.Option(0.2, help="Held-out fraction of the patient-level split when the manifest has none."),
+    checkpoint_every: int | None = typer.Option(None, help="Checkpoint interval in steps (default steps/10)."),
+    resume: bool = typer.Option(True, help="Continue from the newest checkpoint in OUT/checkpoints."),
+    grid: int = typer.Option(16, help="Samples in the PNG grids written after training (0: none)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing model directory."),
+) -> None:
+    """Train a generator on the real images of one modality (train split only), save it with a sample grid."""
+    from ..data import Manifest, patient_split, shared_manifest
+    from ..synth.generators import create_generator, list_generator_families, load_training_images
+    from .train import _parse_options
+
+    refuse_overwrite(out / "config.json", force)
+    modality = modality.strip().lower()
+    if channels is None:
+        channels = 3 if modality in COLOUR_MODALITIES else 1
+    try:
+        m = Manifest.read(manifest) if manifest else shared_manifest()
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    real = m.filter(label="real", modality=modality)
+    if not len(real):
+        console.print(f"[red]error:[/] no real images of modality {modality!r} in the manifest")
+        raise typer.Exit(2)
+    if any(not r.split for r in real):
+        m = patient_split(m, test_fraction=test_fraction, seed=split_seed)
+        split_rule = f"patient_split(test_fraction={test_fraction}, seed={split_seed}) over the whole manifest"
+    else:
+        split_rule = "the manifest's split column"
+    rows = m.filter(label="real", modality=modality, split=split)
+    if not len(rows):
+        console.print(f"[red]error:[/] no real {modality} images in split {split!r}")
+        raise typer.Exit(2)
+    try:
+        gen = create_generator(family, resolution=resolution, channels=channels, seed=seed, **_parse_options(options))
+    except (KeyError, ValueError, ImportError) as err:
+        console.print(f"[red]error:[/] {err.args[0] if err.args else err}  (families: {', '.join(list_generator_families())})")
+        raise typer.Exit(2) from None
+    images = load_training_images(rows, resolution, channels, progress=progress)
+    console.print(f"training {gen.family} ({sum(gen.n_parameters().values()):,} parameters) on {len(images)} real "
+                  f"{modality} images ({split} split) at {resolution}×{resolution}, {steps} steps × {batch_size}")
+    try:
+        summary = gen.fit(images, steps=steps, batch_size=batch_size, checkpoint_dir=out / "checkpoints", resume=resume,
+                          progress=progress, checkpoint_every=checkpoint_every, grid=grid)
+    except ValueError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    args = ["synth", "train", "--family", family, "--modality", modality, "--out", str(out), "--resolution",
+            str(resolution), "--channels", str(channels), "--steps", str(steps), "--batch-size", str(batch_size),
+            "--seed", str(seed), "--split", split]
+    args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
+    patients = {r.patient_id or r.path for r in rows}
+    gen.training_summary["data"] = {
+        "manifest": str(manifest) if manifest else "shared data manifest",
+        "modality": modality,
+        "label": "real",
+        "split": split,
+        "split_rule": split_rule,
+        "n_images": len(images),
+        "n_groups": len(patients),
+        "sources": dict(sorted({s: sum(r.source == s for r in rows) for s in {r.source for r in rows}}.items())),
+        "resize": f"medforensics.io.standardise(size={resolution}, fit='center_crop')",
+    }
+    gen.training_summary["command"] = "medforensics " + " ".join(shlex.quote(a) for a in args)
+    gen.save(out, overwrite=force, grid=grid)
+    final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final_losses"].items())
+    console.print(f"trained {summary['steps']} steps in {summary['seconds']} s ({final}); model → {out}"
+                  + (f"; sample grid → {out / 'samples.png'}" if grid else ""))
+
+
+def sample(
+    model: Path = typer.Option(..., "--model", help="Generator directory written by `synth train`."),
+    n: int = typer.Option(1000, "-n", "--n", help="Number of images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNGs and manifest.csv."),
+    size: int = typer.Option(256, help="Output size; upsampled with medforensics.io.standardise (bicubic)."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per sampling batch."),
+    generator_name: str | None = typer.Option(None, "--generator-name", help="Generator name in the manifest "
+                                              "(default: the model folder's name)."),
+    modality: str | None = typer.Option(None, help="Modality in the manifest (default: the one it was trained on)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Sample N fakes as 8-bit PNGs + manifest.csv (never overwrites existing files)."""
+    from ..synth.generators import load_generator, sample_to_folder
+
+    try:
+        gen = load_generator(model)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        console.print(f"[red]error:[/] cannot load generator {model}: {err}")
+        raise typer.Exit(2) from None
+    modality = modality or gen.training_summary.get("data", {}).get("modality")
+    if not modality:
+        console.print("[red]error:[/] the model does not record its modality; pass --modality")
+        raise typer.Exit(2)
+    name = generator_name or model.resolve().name
+    manifest_path = out / "manifest.csv"
+    refuse_overwrite(manifest_path, False)
+    try:
+        man = sample_to_folder(gen, n, out, modality=modality, generator_name=name, seed=seed, size=size,
+                               batch_size=batch_size, manifest_path=manifest_path, progress=progress)
+    except (FileExistsError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    console.print(json.dumps({"generator": name, "family": gen.family, "images": len(man), "size": size,
+                              "resolution": gen.resolution, "sampler": gen.describe_sampler()}))
+    console.print(f"{len(man)} images → {out}; manifest → {manifest_path}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``synth`` command group to the main app."""
+    synth_app = typer.Typer(no_args_is_help=True, help="Train generative models on real images and sample fakes.")
+    synth_app.command("train")(train)
+    synth_app.command("sample")(sample)
+    app.add_typer(synth_app, name="synth")

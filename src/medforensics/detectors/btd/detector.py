@@ -1,0 +1,556 @@
+"""``btd``: Back-in-Time Diffusion, unsupervised detection and localisation of tampered scans.
+
+A DDPM noise predictor ε_θ(x_t, t) (``diffusers`` ``UNet2DModel`` + ``DDPMScheduler``) is trained
+on real images only. A suspect image x₀ is treated as if it were x_d and taken d reverse steps
+back (posterior means, so deterministic; ``stochastic=True`` samples) to x′; the anomaly score
+is the mean squared residual (x₀ − x′)² and the residual map is the heat-map. Real images are
+close to the model's fixed points; injected or removed structure is not.
+
+Regions of interest (paper: CT 96×96, MRI 128×128 patches): :meth:`BTDDetector.score_patch`
+scores the patch around a given centre; without a centre (:meth:`score`, the interface used by
+``scan``/``evaluate``) the image is cut into sliding windows of that size, each window is scored,
+window scores are aggregated (``max`` or ``mean``) and window residuals are overlap-averaged
+into one map. ``score_region="center"`` scores only the central ``center_patch`` square of a
+patch/window (the paper's injection setting).
+
+Raw score → probability: p = σ((log s − m) / c), with m the median and c the robust spread
+(IQR / 1.349) of log raw scores of *real validation* images — monotone, so the ranking (AUC) is
+the raw score's; p = 0.5 is a typical real image. τ is then chosen on those same real
+validation scores at ``target_fpr``. Maps are divided by the ``map_percentile`` percentile of
+real validation residuals and clipped to [0, 1].
+
+Preprocessing (see ``docs/btd.md``): single channel; CT DICOM/NIfTI are clipped to −700…2000 HU
+and scaled to [0, 1] at load time (the foundation's IntensityConfig); MRI DICOM/NIfTI are
+scaled per volume (file) at load time; 8-bit PNG slices are taken as exported (/255).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.special import expit, logit
+
+from ...io.types import UnreadableImageError
+from ...io.preprocess import Preprocessing
+from ...train.common import dataset_labels, progress, seed_everything
+from ..base import Detector, ImageBatch
+from ..registry import register_detector
+from .model import back_in_time, build_scheduler, build_unet, from_model_range, noise_loss, to_model_range
+from .patches import (
+    extract_windows,
+    merge_windows,
+    pad_to_min,
+    patch_origin,
+    region_box,
+    robust_scale,
+)
+
+#: paper's patch sizes per modality (used when ``patch_size`` is None: chosen at fit time)
+PATCH_BY_MODALITY = {"ct": 96, "mri": 128}
+DEFAULT_PATCH = 96
+_EPS = 1e-12
+#: floor of the log-score spread of the probability map, so p saturates at 1.0 (float64) only for raw
+#: scores ≳ e^(37·0.1) ≈ 40× the median real score (ties there would blur AUC)
+MIN_LOG_SCALE = 0.1
+
+DEFAULTS: dict[str, Any] = {
+    # noise predictor ε_θ (base_width = the paper's init_features)
+    "base_width": 16,
+    "channel_mult": [1, 2, 2],
+    "layers_per_block": 1,
+    "attention": False,
+    "norm_num_groups": 8,
+    # DDPM schedule
+    "num_train_timesteps": 1000,
+    "beta_schedule": "linear",  # "linear" | "cosine"
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+    "t_range": None,  # None: t ~ U{1..T}; int t_max: t ~ U{1..t_max} (BTD only queries small t)
+    # detection
+    "d": 1,  # back-in-time steps
+    "stochastic": False,  # sample x_{t-1} ~ N(μ̃, β̃) instead of taking the posterior mean
+    "patch_size": None,  # None: CT 96 / MRI 128 / otherwise 96, chosen from the training data
+    "window": None,  # sliding window (default: patch_size)
+    "stride": None,  # default: window // 2
+    "aggregate": "max",  # window scores → image score: "max" | "mean"
+    "score_region": "full",  # "full" patch/window | "center" square of center_patch px
+    "center_patch": 32,
+    # training
+    "steps": 2000,
+    "batch_size": 16,
+    "lr": 5e-4,
+    "weight_decay": 1e-4,
+    "warmup_steps": 100,
+    "grad_clip": 1.0,
+    "ema_decay": 0.999,  # 0 = no EMA
+    "flip": True,  # random horizontal flips of training patches
+    "max_seconds": None,  # stop after this wall time; the LR schedule then follows time (machine-dependent)
+    "log_every": 50,
+    # calibration / output
+    "target_fpr": 0.05,
+    "map_percentile": 99.9,
+    "window_batch": 32,
+    "device": "cpu",  # "cpu" | "cuda" | "auto"
+    "progress": True,
+}
+
+
+@register_detector
+class BTDDetector(Detector):
+    """Back-in-Time Diffusion (unsupervised; trained on real images only). See the module docstring."""
+
+    name = "btd"
+    version = "1"
+    supervised = False
+
+    def __init__(self, **config: Any):
+        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
+        unknown = set(config) - set(DEFAULTS)
+        if unknown:
+            raise TypeError(f"unknown btd options: {', '.join(sorted(unknown))}")
+        super().__init__(preprocessing=pre or Preprocessing(channels=1), seed=seed, **{**DEFAULTS, **config})
+        c = self.config
+        c["channel_mult"] = [int(m) for m in c["channel_mult"]]
+        self._validate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            #: ε_θ(x_t, t), a diffusers UNet2DModel (public: used by the RePaint attack)
+            self.unet = build_unet(self.preprocessing.channels, c["base_width"], c["channel_mult"],
+                                   c["layers_per_block"], c["attention"], c["norm_num_groups"],
+                                   sample_size=self.patch_size)
+        #: the DDPM noise schedule, a diffusers DDPMScheduler (public: used by the RePaint attack)
+        self.scheduler = build_scheduler(c["num_train_timesteps"], c["beta_schedule"], c["beta_start"], c["beta_end"])
+        self.device = _resolve_device(c["device"])
+        self.unet.to(self.device).eval()
+        # score calibration: p = σ((log s − score_center) / score_scale); maps / map_scale (0 = per image)
+        self.score_center, self.score_scale, self.map_scale = 0.0, 1.0, 0.0
+
+    def _validate(self) -> None:
+        c = self.config
+        T = int(c["num_train_timesteps"])
+        if not 1 <= int(c["d"]) <= T:
+            raise ValueError(f"d must be in [1, {T}], got {c['d']}")
+        if c["t_range"] is not None and not 1 <= int(c["t_range"]) <= T:
+            raise ValueError(f"t_range must be None or an int in [1, {T}], got {c['t_range']}")
+        if c["aggregate"] not in ("max", "mean"):
+            raise ValueError(f"aggregate must be 'max' or 'mean', got {c['aggregate']!r}")
+        if c["score_region"] not in ("full", "center"):
+            raise ValueError(f"score_region must be 'full' or 'center', got {c['score_region']!r}")
+        factor = 2 ** (len(c["channel_mult"]) - 1)
+        for key in ("patch_size", "window"):
+            v = c[key]
+            if v is not None and (int(v) <= 0 or int(v) % factor):
+                raise ValueError(f"{key}={v} must be a positive multiple of {factor} (2^(levels−1) for "
+                                 f"{len(c['channel_mult'])} U-Net levels)")
+        if c["stride"] is not None and int(c["stride"]) <= 0:
+            raise ValueError(f"stride must be positive, got {c['stride']}")
+        if not 0 < float(c["target_fpr"]) < 1:
+            raise ValueError(f"target_fpr must be in (0, 1), got {c['target_fpr']}")
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def patch_size(self) -> int:
+        """Training patch / region-of-interest size in preprocessed pixels."""
+        return int(self.config["patch_size"] or DEFAULT_PATCH)
+
+    @property
+    def window(self) -> int:
+        return int(self.config["window"] or self.patch_size)
+
+    @property
+    def stride(self) -> int:
+        return int(self.config["stride"] or max(1, self.window // 2))
+
+    # ------------------------------------------------------------------ ranges / channels
+    @staticmethod
+    def to_model_range(x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels → the DDPM's [−1, 1]."""
+        return to_model_range(x)
+
+    @staticmethod
+    def from_model_range(x: torch.Tensor) -> torch.Tensor:
+        """The DDPM's [−1, 1] → [0, 1] pixels (not clipped)."""
+        return from_model_range(x)
+
+    def _to_model_channels(self, batch: torch.Tensor) -> torch.Tensor:
+        """N×C×H×W with C converted to the model's channels (RGB → luma, grey → replicated)."""
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        if batch.ndim != 4:
+            raise ValueError(f"expected an N×C×H×W batch, got shape {tuple(batch.shape)}")
+        want, have = self.preprocessing.channels, batch.shape[1]
+        if have == want:
+            return batch.float()
+        if have == 3 and want == 1:
+            luma = torch.tensor([0.299, 0.587, 0.114], dtype=batch.dtype).view(1, 3, 1, 1)
+            return (batch * luma).sum(1, keepdim=True).float()
+        if have == 1 and want == 3:
+            return batch.repeat(1, 3, 1, 1).float()
+        raise ValueError(f"batch has {have} channels; this BTD model takes {want}")
+
+    def _batch(self, images: ImageBatch) -> torch.Tensor:
+        return self._to_model_channels(self.prepare(images))
+
+    # ------------------------------------------------------------------ back in time
+    def _generator(self) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed(self.seed)
+        return g
+
+    @torch.no_grad()
+    def reconstruct(self, images: ImageBatch, d: int | None = None, *, stochastic: bool | None = None) -> torch.Tensor:
+        """x′: the images (as [0, 1] pixels) taken d steps back in time, whole image at once
+        (padded to a multiple of the U-Net's down-sampling factor), returned in [0, 1] units (not clipped)."""
+        batch = self._batch(images)
+        h, w = batch.shape[-2:]
+        f = 2 ** (len(self.config["channel_mult"]) - 1)
+        ph, pw = (-h) % f, (-w) % f
+        padded = torch.nn.functional.pad(batch, (0, pw, 0, ph), mode="replicate") if ph or pw else batch
+        x = to_model_range(padded).to(self.device)
+        out = back_in_time(self.unet, self.scheduler, x, int(d or self.config["d"]),
+                           stochastic=self.config["stochastic"] if stochastic is None else stochastic,
+                           generator=self._generator())
+        return from_model_range(out.cpu())[:, :, :h, :w]
+
+    @torch.no_grad()
+    def _residuals(self, crops: torch.Tensor, d: int | None = None) -> torch.Tensor:
+        """Squared residual (x₀ − x′)² in [0, 1] pixel units, channel-averaged: K×h×w for K crops."""
+        d = int(d or self.config["d"])
+        gen = self._generator()
+        self.unet.eval()
+        out = []
+        for chunk in crops.split(max(1, int(self.config["window_batch"]))):
+            x0 = to_model_range(chunk).to(self.device)
+            x_prime = back_in_time(self.unet, self.scheduler, x0, d, stochastic=self.config["stochastic"], generator=gen)
+            out.append((((x0 - x_prime) * 0.5) ** 2).mean(1).cpu())  # (x₀ − x′)² in [0, 1] units
+        return torch.cat(out) if out else torch.zeros((0, *crops.shape[-2:]))
+
+    def _region_mean(self, res: torch.Tensor, centers_in_patch: Sequence[tuple[float, float]]) -> torch.Tensor:
+        """Mean residual of each K×h×w patch over the whole patch or its ``center_patch`` square."""
+        if self.config["score_region"] == "full":
+            return res.mean(dim=(-2, -1))
+        size = int(self.config["center_patch"])
+        vals = []
+        for r, cp in zip(res, centers_in_patch):
+            y0, y1, x0, x1 = region_box(cp, size, r.shape[-1])
+            vals.append(r[y0:y1, x0:x1].mean())
+        return torch.stack(vals) if vals else torch.zeros(0)
+
+    def _sliding(self, batch: torch.Tensor, d: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """Raw residual maps N×H×W, window scores N×K and the K window positions (y, x)."""
+        n, _, h, w = batch.shape
+        win = self.window
+        padded = pad_to_min(batch, win)
+        crops, positions = extract_windows(padded, win, self.stride)
+        res = self._residuals(crops, d)
+        k = len(positions)
+        scores = self._region_mean(res, [(win / 2, win / 2)] * len(res)).view(n, k)
+        maps = merge_windows(res.view(n, k, win, win), positions, tuple(padded.shape[-2:]))[:, :h, :w]
+        return maps, scores, positions
+
+    def _centred(self, batch: torch.Tensor, centers: Sequence[tuple[float, float] | None], d: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw maps N×H×W and raw scores N: the patch around each centre (sliding window where None)."""
+        n, _, h, w = batch.shape
+        if len(centers) != n:
+            raise ValueError(f"got {len(centers)} centres for {n} images")
+        p = self.patch_size
+        padded = pad_to_min(batch, p)
+        ph, pw = padded.shape[-2:]
+        maps, scores = torch.zeros((n, h, w)), torch.zeros(n)
+        idx = [i for i, c in enumerate(centers) if c is not None]
+        if idx:
+            origins = [patch_origin(centers[i], p, (ph, pw)) for i in idx]
+            crops = torch.stack([padded[i, :, y : y + p, x : x + p] for i, (y, x) in zip(idx, origins)])
+            res = self._residuals(crops, d)
+            inside = [(float(centers[i][0]) - y, float(centers[i][1]) - x) for i, (y, x) in zip(idx, origins)]
+            scores[idx] = self._region_mean(res, inside)
+            for j, (i, (y, x)) in enumerate(zip(idx, origins)):
+                full = torch.zeros((ph, pw))
+                full[y : y + p, x : x + p] = res[j]
+                maps[i] = full[:h, :w]
+        rest = [i for i, c in enumerate(centers) if c is None]
+        if rest:
+            m, s, _ = self._sliding(batch[rest], d)
+            maps[rest], scores[rest] = m, self._aggregate(s)
+        return maps, scores
+
+    def _aggregate(self, window_scores: torch.Tensor) -> torch.Tensor:
+        return window_scores.amax(1) if self.config["aggregate"] == "max" else window_scores.mean(1)
+
+    def _analyse(self, batch: torch.Tensor, centers: Sequence[tuple[float, float] | None] | None = None,
+                 d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw maps N×H×W, raw scores N) for a model-channel batch."""
+        if centers is None:
+            maps, win_scores, _ = self._sliding(batch, d)
+            return maps, self._aggregate(win_scores)
+        return self._centred(batch, centers, d)
+
+    # ------------------------------------------------------------------ public scoring API
+    def raw_scores(self, images: ImageBatch, centers: Sequence[tuple[float, float] | None] | None = None,
+                   d: int | None = None) -> np.ndarray:
+        """BTD's raw anomaly score per image: mean (x₀ − x′)² in [0, 1] pixel units (N,), float64.
+
+        ``centers`` (one (y, x) per image in preprocessed pixels, or None for sliding windows) selects the
+        patch around each centre; ``d`` overrides the configured number of back-in-time steps.
+        """
+        batch = self._batch(images)
+        if len(batch) == 0:
+            return np.zeros(0)
+        return self._analyse(batch, centers, d)[1].double().numpy()
+
+    def probability(self, raw: np.ndarray | Sequence[float]) -> np.ndarray:
+        """Monotone map raw score → [0, 1]: σ((log s − m) / c) with m, c from real validation scores."""
+        logs = np.log(np.asarray(raw, dtype=np.float64) + _EPS)
+        return expit((logs - self.score_center) / self.score_scale)
+
+    def raw_threshold(self) -> float:
+        """τ expressed as a raw score (inverse of :meth:`probability`)."""
+        tau = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        return float(math.exp(self.score_center + self.score_scale * float(logit(tau))) - _EPS)
+
+    def score_patch(self, images: ImageBatch, centers: Sequence[tuple[float, float] | None] | tuple[float, float],
+                    d: int | None = None) -> np.ndarray:
+        """Probability of tampering of the ``patch_size`` patch around each centre (y, x), in preprocessed
+        pixels (see :func:`~medforensics.detectors.btd.patches.prepared_center`). One centre for all images
+        may be given as a single (y, x)."""
+        batch = self._batch(images)
+        if len(centers) == 2 and all(isinstance(v, (int, float, np.integer, np.floating)) for v in centers):
+            centers = [tuple(centers)] * len(batch)  # type: ignore[list-item]
+        return self.probability(self._analyse(batch, list(centers), d)[1].double().numpy())
+
+    def residual_maps(self, images: ImageBatch, centers: Sequence[tuple[float, float] | None] | None = None,
+                      d: int | None = None, normalise: bool = True) -> np.ndarray:
+        """Residual heat-maps N×H×W: raw (x₀ − x′)², or (``normalise``) scaled to [0, 1] by the calibrated
+        high percentile of real validation residuals (per image when not calibrated)."""
+        batch = self._batch(images)
+        maps = self._analyse(batch, centers, d)[0].numpy()
+        return self._normalise_maps(maps) if normalise else maps
+
+    def window_scores(self, images: ImageBatch, d: int | None = None) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Raw score of every sliding window (N×K) and the windows' top-left corners (y, x)."""
+        _, scores, positions = self._sliding(self._batch(images), d)
+        return scores.double().numpy(), positions
+
+    def _normalise_maps(self, maps: np.ndarray) -> np.ndarray:
+        maps = np.asarray(maps, dtype=np.float32)
+        if self.map_scale > 0:
+            return np.clip(maps / self.map_scale, 0.0, 1.0)
+        scale = np.array([robust_scale(m, float(self.config["map_percentile"])) for m in maps], dtype=np.float32)
+        return np.clip(maps / scale.reshape(-1, 1, 1), 0.0, 1.0)
+
+    def _score_arrays(self, batch: torch.Tensor) -> np.ndarray:
+        return self.probability(self._analyse(self._to_model_channels(batch))[1].double().numpy())
+
+    def _anomaly_map_arrays(self, batch: torch.Tensor) -> np.ndarray:
+        return self._normalise_maps(self._analyse(self._to_model_channels(batch))[0].numpy())
+
+    # ------------------------------------------------------------------ training
+    def _load_reals(self, dataset: Sequence[dict], what: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Real items (label 0) as model-channel C×H×W tensors; fakes and unreadable files are skipped."""
+        labels = dataset_labels(dataset) if len(dataset) else np.zeros(0, np.int64)
+        images, modalities, unreadable = [], Counter(), []
+        for i in progress(np.flatnonzero(labels == 0), f"loading {what} reals", enabled=self.config["progress"]):
+            try:
+                item = dataset[int(i)]
+            except UnreadableImageError as err:
+                unreadable.append(str(err))
+                continue
+            images.append(self._to_model_channels(torch.as_tensor(item["image"])[None])[0])
+            if item.get("modality"):
+                modalities[str(item["modality"])] += 1
+        info = {"real": len(images), "fake_skipped": int((labels == 1).sum()), "unreadable": unreadable,
+                "modalities": dict(modalities)}
+        return images, info
+
+    def _sample_crops(self, pool: list[torch.Tensor], n: int, gen: torch.Generator) -> torch.Tensor:
+        """n random patch_size crops (random image, position and — if ``flip`` — horizontal flip)."""
+        p = self.patch_size
+        out = []
+        for j in torch.randint(len(pool), (n,), generator=gen).tolist():
+            img = pool[j]
+            h, w = img.shape[-2:]
+            y = int(torch.randint(h - p + 1, (1,), generator=gen))
+            x = int(torch.randint(w - p + 1, (1,), generator=gen))
+            crop = img[:, y : y + p, x : x + p]
+            if self.config["flip"] and bool(torch.rand(1, generator=gen) < 0.5):
+                crop = crop.flip(-1)
+            out.append(crop)
+        return torch.stack(out)
+
+    def _t_max(self) -> int:
+        return int(self.config["t_range"] or self.config["num_train_timesteps"])
+
+    @torch.no_grad()
+    def _denoising_loss(self, pool: list[torch.Tensor], n: int = 64) -> float:
+        """Held-out ‖ε − ε_θ(x_t, t)‖² on n seeded crops, t ~ U{1..t_max} (same range as training)."""
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        self.unet.eval()
+        losses = []
+        for start in range(0, n, int(self.config["batch_size"])):
+            b = min(int(self.config["batch_size"]), n - start)
+            x0 = to_model_range(self._sample_crops(pool, b, gen)).to(self.device)
+            t = torch.randint(1, self._t_max() + 1, (b,), generator=gen).to(self.device)
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            losses.append(noise_loss(self.unet, self.scheduler, x0, t, noise).item() * b)
+        return float(np.sum(losses) / n)
+
+    def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
+        """Train ε_θ on real training images (fakes skipped) with ‖ε − ε_θ(x_t, t)‖²; calibrate on real val images."""
+        c = self.config
+        gen = seed_everything(self.seed)
+        pool, train_info = self._load_reals(train, "train")
+        if not pool:
+            raise ValueError("BTD trains on real images only, and the training set holds no readable real image")
+        if c["patch_size"] is None:  # the paper's patch size for the training modality
+            modality = Counter(train_info["modalities"]).most_common(1)
+            c["patch_size"] = PATCH_BY_MODALITY.get(modality[0][0] if modality else "", DEFAULT_PATCH)
+            self._validate()
+        pool = [pad_to_min(img[None], self.patch_size)[0] for img in pool]
+        steps, bs, t_max = int(c["steps"]), int(c["batch_size"]), self._t_max()
+        opt = torch.optim.AdamW(self.unet.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
+        warm = max(1, min(int(c["warmup_steps"]), steps // 10 or 1))
+        history, window_losses, t0 = [], [], time.time()
+        budget = float(c["max_seconds"]) if c["max_seconds"] else None
+
+        def lr_factor(s: int) -> float:
+            """Linear warm-up, then cosine decay over the steps (or over the time budget, if that ends first)."""
+            frac = s / max(1, steps)
+            if budget:
+                frac = max(frac, (time.time() - t0) / budget)
+            return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        ema = _ema(self.unet, float(c["ema_decay"])) if c["ema_decay"] else None
+        self.unet.train()
+        bar = progress(range(steps), "btd training", enabled=c["progress"])
+        done = 0
+        for step in bar:
+            x0 = to_model_range(self._sample_crops(pool, bs, gen)).to(self.device)
+            t = torch.randint(1, t_max + 1, (bs,), generator=gen).to(self.device)  # paper steps
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)  # ε
+            loss = noise_loss(self.unet, self.scheduler, x0, t, noise)  # ‖ε − ε_θ(x_t, t)‖²
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if c["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(self.unet.parameters(), float(c["grad_clip"]))
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema.step(self.unet.parameters())
+            done = step + 1
+            window_losses.append(loss.item())
+            bar.set_postfix(loss=f"{np.mean(window_losses[-20:]):.4f}")
+            if done % int(c["log_every"]) == 0 or done == steps:
+                history.append({"step": done, "loss": float(np.mean(window_losses)), "lr": sched.get_last_lr()[0]})
+                window_losses = []
+            if budget and time.time() - t0 > budget:
+                break
+        if window_losses:
+            history.append({"step": done, "loss": float(np.mean(window_losses)), "lr": sched.get_last_lr()[0]})
+        if ema is not None:
+            ema.copy_to(self.unet.parameters())
+        self.unet.eval()
+        seconds = time.time() - t0
+        summary: dict[str, Any] = {
+            "n_train": train_info["real"], "train_fakes_skipped": train_info["fake_skipped"],
+            "train_unreadable": train_info["unreadable"], "train_modalities": train_info["modalities"],
+            "steps": done, "batch_size": bs, "patch_size": self.patch_size, "t_range": [1, t_max],
+            "seconds": round(seconds, 1), "train_patches_per_s": round(done * bs / max(seconds, 1e-9), 2),
+            "best_epoch": "final (step-based training)", "history": history,
+        }
+        val_pool, val_info = self._load_reals(val, "val") if val is not None else ([], {"real": 0, "unreadable": []})
+        summary.update(n_val=val_info["real"], val_unreadable=val_info["unreadable"])
+        if val_pool:
+            summary["val_denoising_loss"] = self._denoising_loss([pad_to_min(v[None], self.patch_size)[0]
+                                                                   for v in val_pool])
+        summary.update(self.calibrate(val_pool or pool, source="real_val" if val_pool else "real_train"))
+        self.training_summary = summary
+        return summary
+
+    def calibrate(self, reals: Sequence[torch.Tensor] | torch.Tensor, source: str = "real_val") -> dict[str, Any]:
+        """Fit the score → probability map and the heat-map scale on real images, then τ at ``target_fpr``."""
+        from ...eval.calibration import calibrate
+
+        c = self.config
+        rng = np.random.default_rng(self.seed)
+        raw, pixels, t0 = [], [], time.time()
+        n = len(reals)
+        step = max(1, int(c["window_batch"]) // 4)
+        for start in progress(range(0, n, step), "btd calibration", enabled=c["progress"]):
+            batch = torch.stack([torch.as_tensor(r) for r in reals[start : start + step]])
+            maps, scores = self._analyse(self._to_model_channels(batch))
+            raw.append(scores.double().numpy())
+            for m in maps.numpy():
+                flat = m.ravel()
+                pixels.append(flat[rng.choice(flat.size, min(flat.size, 20000), replace=False)])
+        seconds = time.time() - t0
+        raw_arr = np.concatenate(raw)
+        logs = np.log(raw_arr + _EPS)
+        q25, q50, q75 = np.percentile(logs, [25, 50, 75])
+        spread = (q75 - q25) / 1.349 if len(logs) >= 4 else float(np.std(logs))
+        self.score_center = float(q50)
+        self.score_scale = float(max(spread, MIN_LOG_SCALE))
+        self.map_scale = robust_scale(np.concatenate(pixels), float(c["map_percentile"]))
+        probs = self.probability(raw_arr)
+        cal = calibrate(probs, float(c["target_fpr"]))
+        method = f"fpr_on_{source}"
+        extra: dict[str, Any] = {}
+        if source != "real_val":
+            extra["warning"] = "no real validation images: calibrated on the training reals (FPR optimistic)"
+        self.set_threshold(cal.pop("threshold"), **{**cal, "method": method, **extra},
+                           score_map="sigmoid((log raw - center) / scale)",
+                           score_center=self.score_center, score_scale=self.score_scale,
+                           map_scale=self.map_scale, map_percentile=float(c["map_percentile"]),
+                           real_val_scores=[round(float(v), 8) for v in np.sort(probs)])
+        self.calibration["raw_threshold"] = self.raw_threshold()
+        return {"calibration_images": int(n), "score_images_per_s": round(n / max(seconds, 1e-9), 2),
+                "real_raw_score_median": float(np.median(raw_arr)),
+                "achieved_fpr": self.calibration["achieved_fpr"]}
+
+    # ------------------------------------------------------------------ persistence
+    def get_config(self) -> dict[str, Any]:
+        cfg = super().get_config()
+        cfg["unet_config"] = {k: v for k, v in dict(self.unet.config).items() if not k.startswith("_")}
+        cfg["scheduler_config"] = {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")}
+        return cfg
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        tensors = {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
+        tensors["btd.calibration"] = torch.tensor([self.score_center, self.score_scale, self.map_scale],
+                                                  dtype=torch.float64)
+        return tensors
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        unet = {k[5:]: v for k, v in tensors.items() if k.startswith("unet.")}
+        if not unet:
+            raise ValueError("weights hold no 'unet.*' tensors: not a BTD model")
+        self.unet.load_state_dict(unet)
+        self.unet.to(self.device).eval()
+        cal = tensors.get("btd.calibration")
+        if cal is not None:
+            self.score_center, self.score_scale, self.map_scale = (float(v) for v in cal.tolist())
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        warnings.warn("btd: device 'cuda' requested but CUDA is not available; using the CPU", stacklevel=3)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _ema(module: torch.nn.Module, decay: float) -> Any:
+    """diffusers' EMAModel (decay warm-up min(decay, (1+n)/(10+n)), so short runs are not frozen)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
+        from diffusers.training_utils import EMAModel
+    return EMAModel(module.parameters(), decay=decay)

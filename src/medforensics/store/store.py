@@ -1,0 +1,448 @@
+"""``ResultStore``: scan results, runs and reader-study answers in SQLite (default) or PostgreSQL.
+
+Opening a store upgrades its schema to the newest Alembic revision. Each method opens its own
+session, so one store can be shared by FastAPI worker threads and pynetdicom association threads.
+
+PHI policy: patient IDs are stored only as SHA-256 (``patient_ref``) and patient names not at all,
+unless the store is opened with ``store_phi=True``; ``meta`` never holds patient fields; log lines
+name content hashes / UIDs / record ids only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..results import ScanResult
+from .hashing import patient_ref as hash_patient
+from .models import ReaderItem, ReaderSession, Run, Scan, utcnow
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: ImageMeta / ScanResult.meta keys that identify a person: never copied into ``meta``.
+PHI_META_KEYS = frozenset({"patient_id", "patient_name", "patient_birth_date", "patient_sex", "patient_age",
+                           "PatientID", "PatientName", "PatientBirthDate", "accession_number", "AccessionNumber",
+                           "referring_physician", "institution_name", "other_patient_ids"})
+SOURCES = ("cli", "api", "dicom", "ray")
+_MIGRATE_LOCK = threading.Lock()
+
+
+def default_db_url() -> str:
+    """``$MEDFORENSICS_DB`` (a URL, or a file path taken as SQLite) or ``sqlite:///~/.medforensics/results.db``."""
+    env = os.environ.get("MEDFORENSICS_DB", "").strip()
+    if env:
+        return normalise_url(env)
+    path = Path.home() / ".medforensics" / "results.db"
+    return f"sqlite:///{path}"
+
+
+def normalise_url(url: str) -> str:
+    """Accept a SQLAlchemy URL, or a plain file path (→ SQLite); ``"default"`` → :func:`default_db_url`."""
+    url = url.strip()
+    if url == "default":
+        return default_db_url()
+    if "://" in url:
+        return url
+    return f"sqlite:///{Path(url).expanduser().resolve()}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password hidden (safe to print)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+def _iso(ts: datetime | None) -> str | None:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:  # SQLite returns naive datetimes; they are stored in UTC
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc).isoformat()
+
+
+def args_key(kind: str, args: dict[str, Any]) -> str:
+    """Canonical SHA-256 of a run's kind and arguments (how a restarted run finds its predecessor)."""
+    return hashlib.sha256(json.dumps([kind, args], sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class ScanRecord:
+    """One stored scan result (see :class:`medforensics.store.models.Scan`)."""
+
+    id: str
+    created_at: str
+    source: str
+    path: str | None
+    sop_instance_uid: str | None
+    study_uid: str | None
+    series_uid: str | None
+    content_hash: str
+    modality: str | None
+    detector: str
+    detector_version: str
+    model_id: str | None
+    score: float | None
+    threshold: float | None
+    verdict: str | None
+    heatmap_path: str | None
+    error: str | None
+    frames: list[float] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    patient_ref: str | None = None
+    patient_name: str | None = None
+    run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @classmethod
+    def from_row(cls, row: Scan) -> ScanRecord:
+        return cls(id=row.id, created_at=_iso(row.created_at) or "", source=row.source, path=row.path,
+                   sop_instance_uid=row.sop_instance_uid, study_uid=row.study_uid, series_uid=row.series_uid,
+                   content_hash=row.content_hash, modality=row.modality, detector=row.detector,
+                   detector_version=row.detector_version, model_id=row.model_id, score=row.score,
+                   threshold=row.threshold, verdict=row.verdict, heatmap_path=row.heatmap_path, error=row.error,
+                   frames=list(row.frames or []), meta=dict(row.meta or {}), patient_ref=row.patient_ref,
+                   patient_name=row.patient_name, run_id=row.run_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+    def to_result(self, *, path: str | None = None, threshold: float | None = None) -> ScanResult:
+        """A :class:`ScanResult` answering from this record (verdict re-derived at ``threshold`` if given)."""
+        tau = self.threshold if threshold is None else float(threshold)
+        verdict = self.verdict
+        if self.score is not None and tau is not None:
+            verdict = "fake" if self.score >= tau else "real"
+        return ScanResult(path=path or self.path or "", modality=self.modality, score=self.score, threshold=tau,
+                          verdict=verdict, error=self.error, model=self.model_id, frames=list(self.frames),
+                          meta=dict(self.meta))
+
+
+def _clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """Drop PHI keys and make values JSON-safe."""
+    out: dict[str, Any] = {}
+    for k, v in (meta or {}).items():
+        if k in PHI_META_KEYS:
+            continue
+        out[k] = json.loads(json.dumps(v, default=str))
+    return out
+
+
+class ResultStore:
+    """Results database. ``url`` None → :func:`default_db_url`; plain file paths are SQLite files."""
+
+    def __init__(self, url: str | None = None, *, store_phi: bool = False, upgrade: bool = True):
+        self.url = normalise_url(url) if url else default_db_url()
+        self.store_phi = bool(store_phi)
+        parsed = make_url(self.url)
+        kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
+        self._sqlite = parsed.get_backend_name() == "sqlite"
+        if self._sqlite:
+            db = parsed.database
+            if db and db != ":memory:" and not db.startswith("file:"):
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if not db or db == ":memory:":
+                from sqlalchemy.pool import StaticPool
+
+                kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self._sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        if upgrade:
+            self.upgrade()
+
+    # ------------------------------------------------------------------ schema
+    def alembic_config(self):
+        """An ``alembic.config.Config`` for this database (no ini file)."""
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        return cfg
+
+    def revision(self) -> str | None:
+        """The database's current Alembic revision (None for an empty database)."""
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def head(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Migrate the schema to ``revision`` (default: newest)."""
+        from alembic import command
+
+        if revision == "head" and self.revision() == self.head():
+            return
+        with _MIGRATE_LOCK, self.engine.begin() as conn:
+            cfg = self.alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        log.info("results store schema at revision %s", self.revision())
+
+    def downgrade(self, revision: str) -> None:
+        """Migrate the schema down to ``revision`` (``"base"`` drops every table)."""
+        from alembic import command
+
+        with _MIGRATE_LOCK, self.engine.begin() as conn:
+            cfg = self.alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResultStore({redact_url(self.url)!r}, store_phi={self.store_phi})"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success, rolled back on error."""
+        with self._session() as s:
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+
+    # ------------------------------------------------------------------ scans
+    def find(self, *, content_hash: str, detector: str, detector_version: str,
+             model_id: str | None = None) -> ScanRecord | None:
+        """Newest record of this content scored by this detector/version (and ``model_id`` if given)."""
+        stmt = (select(Scan).where(Scan.content_hash == content_hash, Scan.detector == detector,
+                                   Scan.detector_version == str(detector_version))
+                .order_by(Scan.created_at.desc()).limit(1))
+        if model_id is not None:
+            stmt = stmt.where(Scan.model_id == model_id)
+        with self._session() as s:
+            row = s.scalars(stmt).first()
+            return ScanRecord.from_row(row) if row is not None else None
+
+    def add(self, result: ScanResult, *, content_hash: str, detector: str, detector_version: str,
+            source: str = "cli", run_id: str | None = None, heatmap_path: str | None = None,
+            patient_id: str | None = None, patient_name: str | None = None,
+            model_id: str | None = None) -> ScanRecord:
+        """Store one result (committed at once) and return its record.
+
+        UIDs and the patient ID are taken from ``result.meta`` when not given; the patient ID is
+        hashed and the name dropped unless the store was opened with ``store_phi=True``.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        if not content_hash or len(content_hash) != 64:
+            raise ValueError(f"content_hash must be a SHA-256 hex digest, got {content_hash!r}")
+        meta = dict(result.meta or {})
+        pid = patient_id if patient_id is not None else meta.get("patient_id")
+        pname = patient_name if patient_name is not None else meta.get("patient_name")
+        row = Scan(
+            id=str(uuid.uuid4()), created_at=utcnow(), source=source, path=result.path,
+            sop_instance_uid=_opt(meta.get("sop_instance_uid")), study_uid=_opt(meta.get("study_uid")),
+            series_uid=_opt(meta.get("series_uid")), content_hash=content_hash, modality=result.modality,
+            detector=detector, detector_version=str(detector_version), model_id=model_id or result.model,
+            score=None if result.score is None else float(result.score),
+            threshold=None if result.threshold is None else float(result.threshold),
+            verdict=result.verdict, heatmap_path=heatmap_path, error=result.error,
+            frames=[float(x) for x in result.frames], meta=_clean_meta(meta),
+            patient_ref=(_opt(pid) if self.store_phi else hash_patient(pid)),
+            patient_name=_opt(pname) if self.store_phi else None, run_id=run_id,
+        )
+        with self.session() as s:
+            s.add(row)
+        log.debug("stored scan %s (content %s, source %s)", row.id, content_hash[:12], source)
+        return ScanRecord.from_row(row)
+
+    def get(self, scan_id: str) -> ScanRecord | None:
+        with self._session() as s:
+            row = s.get(Scan, scan_id)
+            return ScanRecord.from_row(row) if row is not None else None
+
+    def _filtered(self, stmt, verdict: str | None, run_id: str | None, source: str | None,
+                  sop_instance_uid: str | None, content_hash: str | None, path: str | None):
+        if verdict is not None:
+            stmt = stmt.where(Scan.verdict.is_(None) if verdict == "error" else Scan.verdict == verdict)
+        for col, value in ((Scan.run_id, run_id), (Scan.source, source), (Scan.sop_instance_uid, sop_instance_uid),
+                           (Scan.content_hash, content_hash), (Scan.path, path)):
+            if value is not None:
+                stmt = stmt.where(col == value)
+        return stmt
+
+    def query(self, *, verdict: str | None = None, run_id: str | None = None, source: str | None = None,
+              sop_instance_uid: str | None = None, content_hash: str | None = None, path: str | None = None,
+              limit: int = 100, offset: int = 0) -> list[ScanRecord]:
+        """Records, newest first, filtered by verdict (``"fake"``/``"real"``/``"error"``), run, source…"""
+        stmt = self._filtered(select(Scan), verdict, run_id, source, sop_instance_uid, content_hash, path)
+        stmt = stmt.order_by(Scan.created_at.desc(), Scan.id).offset(max(0, int(offset)))
+        if limit is not None:
+            stmt = stmt.limit(max(0, int(limit)))
+        with self._session() as s:
+            return [ScanRecord.from_row(r) for r in s.scalars(stmt)]
+
+    def count(self, *, verdict: str | None = None, run_id: str | None = None, source: str | None = None,
+              sop_instance_uid: str | None = None, content_hash: str | None = None, path: str | None = None) -> int:
+        stmt = self._filtered(select(func.count()).select_from(Scan), verdict, run_id, source, sop_instance_uid,
+                              content_hash, path)
+        with self._session() as s:
+            return int(s.scalar(stmt) or 0)
+
+    # ------------------------------------------------------------------ runs
+    def start_run(self, kind: str, args: dict[str, Any]) -> str:
+        """Record the start of a run; returns its id."""
+        run = Run(id=str(uuid.uuid4()), kind=kind, args=json.loads(json.dumps(args, default=str)),
+                  args_key=args_key(kind, args), status="running", started_at=utcnow(), updated_at=utcnow(),
+                  n_ok=0, n_error=0, n_cached=0)
+        with self.session() as s:
+            s.add(run)
+        return run.id
+
+    def find_open_run(self, kind: str, args: dict[str, Any]) -> str | None:
+        """Id of the newest unfinished run with the same kind and arguments (a run to resume), or None."""
+        stmt = (select(Run.id).where(Run.args_key == args_key(kind, args), Run.kind == kind, Run.status == "running")
+                .order_by(Run.started_at.desc()).limit(1))
+        with self._session() as s:
+            return s.scalars(stmt).first()
+
+    def resume_run(self, run_id: str) -> None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(f"no run {run_id!r}")
+            run.status, run.updated_at = "running", utcnow()
+
+    def update_run(self, run_id: str, *, n_ok: int, n_error: int, n_cached: int = 0) -> None:
+        """Progress of a running run (counts so far)."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is not None:
+                run.n_ok, run.n_error, run.n_cached, run.updated_at = int(n_ok), int(n_error), int(n_cached), utcnow()
+
+    def finish_run(self, run_id: str, *, n_ok: int, n_error: int, seconds: float, images_per_s: float,
+                   n_cached: int = 0) -> None:
+        """Mark a run finished with its totals and throughput."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(f"no run {run_id!r}")
+            run.status, run.finished_at, run.updated_at = "finished", utcnow(), utcnow()
+            run.n_ok, run.n_error, run.n_cached = int(n_ok), int(n_error), int(n_cached)
+            run.seconds, run.images_per_s = float(seconds), float(images_per_s)
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """A run as a JSON-ready dict."""
+        with self._session() as s:
+            r = s.get(Run, run_id)
+            if r is None:
+                return None
+            return {"id": r.id, "kind": r.kind, "args": r.args, "status": r.status, "started_at": _iso(r.started_at),
+                    "updated_at": _iso(r.updated_at), "finished_at": _iso(r.finished_at), "n_ok": r.n_ok,
+                    "n_error": r.n_error, "n_cached": r.n_cached, "seconds": r.seconds, "images_per_s": r.images_per_s}
+
+    # ------------------------------------------------------------------ reader study
+    def create_reader_session(self, *, reader: str, detector: str, items: list[dict[str, Any]], seed: int) -> str:
+        """A blinded reading session; ``items``: ``{"position", "image_ref", "truth": 0/1, "detector_score"}``."""
+        sid = str(uuid.uuid4())
+        positions = [int(it["position"]) for it in items]
+        if len(set(positions)) != len(positions):
+            raise ValueError("reader items must have distinct positions")
+        with self.session() as s:
+            s.add(ReaderSession(id=sid, reader=reader, detector=detector, seed=int(seed), n_items=len(items),
+                                status="open", created_at=utcnow()))
+            s.flush()
+            for it in items:
+                truth = int(it["truth"])
+                if truth not in (0, 1):
+                    raise ValueError(f"truth must be 0 or 1, got {it['truth']!r}")
+                score = it.get("detector_score")
+                s.add(ReaderItem(session_id=sid, position=int(it["position"]), image_ref=str(it["image_ref"]),
+                                 truth=truth, detector_score=None if score is None else float(score)))
+        return sid
+
+    def reader_items(self, session_id: str) -> list[dict[str, Any]]:
+        """Items of a session ordered by position (with answers so far)."""
+        stmt = select(ReaderItem).where(ReaderItem.session_id == session_id).order_by(ReaderItem.position)
+        with self._session() as s:
+            return [{"position": r.position, "image_ref": r.image_ref, "truth": r.truth,
+                     "detector_score": r.detector_score, "answer": r.answer, "confidence": r.confidence,
+                     "answered_at": _iso(r.answered_at)} for r in s.scalars(stmt)]
+
+    def record_reader_answer(self, session_id: str, position: int, *, answer: int, confidence: int) -> None:
+        """Store (or replace) the reader's answer (0 real, 1 fake) and confidence for one item."""
+        if int(answer) not in (0, 1):
+            raise ValueError(f"answer must be 0 (real) or 1 (fake), got {answer!r}")
+        with self.session() as s:
+            item = s.get(ReaderItem, (session_id, int(position)))
+            if item is None:
+                raise KeyError(f"no item at position {position} in reader session {session_id!r}")
+            item.answer, item.confidence, item.answered_at = int(answer), int(confidence), utcnow()
+
+    def finish_reader_session(self, session_id: str, summary: dict[str, Any]) -> None:
+        with self.session() as s:
+            sess = s.get(ReaderSession, session_id)
+            if sess is None:
+                raise KeyError(f"no reader session {session_id!r}")
+            sess.status, sess.finished_at = "finished", utcnow()
+            sess.summary = json.loads(json.dumps(summary, default=str))
+
+    def reader_session(self, session_id: str) -> dict[str, Any] | None:
+        """A session as a JSON-ready dict (without items; see :meth:`reader_items`), or None."""
+        with self._session() as s:
+            r = s.get(ReaderSession, session_id)
+            if r is None:
+                return None
+            n_answered = s.scalar(select(func.count()).select_from(ReaderItem).where(
+                ReaderItem.session_id == session_id, ReaderItem.answer.is_not(None))) or 0
+            return {"id": r.id, "reader": r.reader, "detector": r.detector, "seed": r.seed, "n_items": r.n_items,
+                    "n_answered": int(n_answered), "status": r.status, "created_at": _iso(r.created_at),
+                    "finished_at": _iso(r.finished_at), "summary": r.summary}
+
+
+def _opt(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    """WAL (readers never block the writer) and a busy timeout: the store is shared by threads/processes."""
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()

@@ -1,0 +1,80 @@
+"""Fixtures of the service tests: a tiny untrained model, an app on a temporary store, a token."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medforensics.detectors import create_detector, load_detector
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A complete (untrained) tiny forensic_cnn model directory."""
+    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
+    det.set_threshold(0.5, method="test")
+    return det.save(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tiny_model):
+    return load_detector(tiny_model)
+
+
+def png_bytes(seed: int = 0, shape=(96, 128)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray((np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+CORRUPT_PNG = b"\x89PNG\r\n\x1a\n" + b"definitely not a png body"
+
+
+@dataclass
+class Served:
+    client: object
+    app: object
+    token: str
+    settings: object
+    root: Path
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture()
+def make_served(tmp_path, tiny_model, tiny_detector):
+    """Factory: ``make_served(**setting_overrides)`` → :class:`Served` with a TestClient."""
+    from fastapi.testclient import TestClient
+
+    from medforensics.serve import ServeSettings, TokenStore
+    from medforensics.serve.app import create_app
+    from medforensics.serve.service import ScanService
+
+    clients = []
+
+    def make(**overrides) -> Served:
+        tokens = TokenStore(tmp_path / "tokens.json")
+        token = tokens.create(f"t{len(clients)}")
+        settings = ServeSettings(model=str(tiny_model), db_url=f"sqlite:///{tmp_path / 'results.db'}",
+                                 tokens_file=tmp_path / "tokens.json", heatmap_dir=tmp_path / "previews",
+                                 **overrides)
+        app = create_app(settings, service=ScanService(settings, detector=tiny_detector), tokens=tokens)
+        client = TestClient(app)
+        clients.append(client)
+        return Served(client, app, token, settings, tmp_path)
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture()
+def served(make_served) -> Served:
+    return make_served()

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from medforensics.results import ScanResult
+from medforensics.store import ResultStore, content_hash
+from medforensics.store.models import Base
+
+TABLES = {"runs", "scans", "reader_sessions", "reader_items"}
+
+
+def _tables(store: ResultStore) -> set[str]:
+    return set(sa.inspect(store.engine).get_table_names()) - {"alembic_version"}
+
+
+def test_migrations_create_schema_from_empty_and_match_models(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    empty = ResultStore(url, upgrade=False)
+    assert empty.revision() is None and _tables(empty) == set()
+    store = ResultStore(url)  # opening upgrades to head
+    assert store.revision() == store.head() == "0001" and _tables(store) == TABLES
+    with store.engine.connect() as conn:  # migrated schema == ORM models (no pending autogenerate diff)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    empty.close(), store.close()
+
+
+def test_downgrade_and_upgrade_roundtrip(tmp_path):
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    store = ResultStore(url)
+    store.add(ScanResult(path="a", score=0.2, verdict="real", threshold=0.5), content_hash=content_hash(b"a"),
+              detector="d", detector_version="1")
+    store.downgrade("base")
+    assert store.revision() is None and _tables(store) == set()
+    cfg = store.alembic_config()  # the alembic command API works without an alembic.ini
+    command.upgrade(cfg, "head")
+    assert store.revision() == "0001" and _tables(store) == TABLES and store.count() == 0
+    reopened = ResultStore(url)  # re-opening an up-to-date database is a no-op
+    assert reopened.revision() == "0001"
+    store.close(), reopened.close()

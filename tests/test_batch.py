@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from medforensics.batch import BatchScan
+from medforensics.cli import app
+from medforensics.detectors import create_detector, load_detector
+from medforensics.store import ResultStore, content_hash
+
+N_IMAGES = 12
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
+    det.set_threshold(0.5, method="test")
+    return det.save(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture()
+def images(tmp_path) -> Path:
+    rng = np.random.default_rng(1)
+    root = tmp_path / "imgs"
+    for i in range(N_IMAGES):
+        sub = root / f"d{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(sub / f"im{i:02d}.png")
+    return root
+
+
+def _rows_per_file(store: ResultStore) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for rec in store.query(limit=None):
+        counts[rec.path] = counts.get(rec.path, 0) + 1
+    return counts
+
+
+def test_store_dedup_force_and_error_retry(model_dir, images, tmp_path):
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    det = load_detector(model_dir)
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    first = list(BatchScan([images], det, store=store))
+    assert len(first) == N_IMAGES + 1 and store.count() == N_IMAGES + 1 and store.count(verdict="error") == 1
+    assert all(r.scan_id and r.content_hash == content_hash(r.path) and not r.cached for r in first)
+    again_batch = BatchScan([images], det, store=store)
+    again = list(again_batch)
+    # everything answered from the store: same scores, no new rows (the broken file is retried, not duplicated)
+    assert [r.score for r in again] == [r.score for r in first] and store.count() == N_IMAGES + 1
+    assert all(r.cached for r in again) and again_batch.summary.n_cached == N_IMAGES + 1
+    assert again_batch.summary.n_scored == 1  # only the broken file was tried again
+    # the same content elsewhere is also answered from the store
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(next(images.rglob("im00.png")).read_bytes())
+    (hit,) = list(BatchScan([copy], det, store=store))
+    assert hit.cached and hit.path == str(copy) and store.count() == N_IMAGES + 1
+    forced = list(BatchScan([images], det, store=store, force=True))
+    assert [r.score for r in forced] == [r.score for r in first] and store.count() == 2 * (N_IMAGES + 1)
+    # a different model (other weights) is never answered with this one's scores
+    other = create_detector("forensic_cnn", seed=1, width=8, patch_size=64, patch_stride=64, progress=False)
+    assert not any(r.cached for r in BatchScan([images], other, store=store))
+    store.close()
+
+
+def test_streaming_without_store_matches_plain_scan(model_dir, images):
+    from medforensics.scan import scan_paths
+
+    det = load_detector(model_dir)
+    batch = BatchScan([images], det)
+    got = [(r.path, r.score) for r in batch]
+    assert got == [(r.path, r.score) for r in scan_paths([images], det, with_maps=False)]
+    assert batch.summary.n_scored == N_IMAGES and batch.summary.images_per_s > 0
+
+
+SLOW_SCAN = textwrap.dedent("""
+    import sys, time
+    from medforensics.batch import BatchScan
+    from medforensics.detectors import load_detector
+    from medforensics.store import ResultStore
+
+    model_dir, folder, url = sys.argv[1:4]
+    det = load_detector(model_dir)
+    score = det._score_arrays
+    def slow(batch):  # a slow model, so that the scan can be killed half-way
+        time.sleep(0.4)
+        return score(batch)
+    det._score_arrays = slow
+    for res in BatchScan([folder], det, store=ResultStore(url)):
+        print(res.path, flush=True)
+""")
+
+
+def test_killed_scan_resumes_without_loss_or_duplicates(model_dir, images, tmp_path):
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    store = ResultStore(url)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SCAN, str(model_dir), str(images), url], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while store.count() < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the slow scan committed nothing"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = store.count()
+    assert 3 <= done < N_IMAGES  # killed half-way
+    (killed_run,) = [r for r in {rec.run_id for rec in store.query(limit=None)}]
+    assert store.run(killed_run)["status"] == "running"
+
+    out = tmp_path / "resumed.json"
+    res = CliRunner().invoke(app, ["scan", str(images), "--model", str(model_dir), "--db", url, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = _rows_per_file(store)
+    files = sorted(str(p) for p in images.rglob("*.png"))
+    assert sorted(rows) == files and set(rows.values()) == {1}  # every file exactly once
+    assert store.count() == N_IMAGES and all(r.score is not None for r in store.query(limit=None))
+    run = store.run(killed_run)  # the restart continued (and finished) the killed run
+    assert run["status"] == "finished" and run["n_ok"] == N_IMAGES and run["n_cached"] == done
+    assert "images/s" in res.output and f"{done} answered from the store" in res.output
+    # the JSON output has every file, with the stored scores
+    payload = json.loads(out.read_text())
+    stored = {r.path: r.score for r in store.query(limit=None)}
+    assert {r["path"]: r["score"] for r in payload["results"]} == stored
+    store.close()
+
+
+def test_cli_db_answers_from_store_and_force_rescans(model_dir, images, tmp_path):
+    runner = CliRunner()
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    outs = []
+    for i, extra in enumerate([[], [], ["--force"]]):
+        out = tmp_path / f"r{i}.json"
+        res = runner.invoke(app, ["scan", str(images), "--model", str(model_dir), "--db", url, "--json", str(out),
+                                  *extra])
+        assert res.exit_code == 0, res.output
+        outs.append(json.loads(out.read_text())["results"])
+    assert outs[0] == outs[1] == outs[2]
+    store = ResultStore(url)
+    assert store.count() == 2 * N_IMAGES and store.count(source="cli") == 2 * N_IMAGES
+    assert not list(tmp_path.glob("*.partial"))
+    res = runner.invoke(app, ["scan", str(images), "--model", str(model_dir), "--store-phi"])
+    assert res.exit_code == 2 and "--db" in res.output
+    store.close()
