@@ -69,7 +69,7 @@ FROM_SCRATCH = "forensic_cnn"  # the foundation's from-scratch CNN (shipped defa
 
 #: CPU budgets. Full: ≈ 25 min on 2 shared cores (one torch thread). Quick: a smoke run.
 BUDGETS: dict[str, dict[str, Any]] = {
-    "full": {"max_train": 600, "max_val": 160, "max_test": 450, "n_boot": 100,
+    "full": {"max_train": 480, "max_val": 120, "max_test": 360, "n_boot": 100,
              "epochs": {"dski": 2, "dski-tiny": 2, "unifd": None, "npr": 4, "f3net": 4}},
     "quick": {"max_train": 40, "max_val": 16, "max_test": 36, "n_boot": 10,
               "epochs": {"dski": 1, "dski-tiny": 1, "unifd": 10, "npr": 1, "f3net": 1}},
@@ -240,7 +240,12 @@ def fewshot_curve(det: Any, test: Manifest, reference: Manifest, ks: tuple[int, 
         r_all = [i for m in sorted(pooled_mods) for i in real_idx[m]]
         y = np.r_[np.zeros(len(r_all)), np.ones(len(pooled_f))]
         pooled = compute_metrics(y, np.r_[scores[r_all], scores[pooled_f]], threshold=tau) if pooled_f else {}
+        base = curve.get("0", {}).get("per_generator", per_gen)
+        same = [g for g, m in per_gen.items() if m and base.get(g)]
+        delta = {key: float(np.mean([per_gen[g][key] - base[g][key] for g in same])) if same else None
+                 for key in ("auc", "ap", "fake_acc", "real_acc")}
         curve[str(k)] = {"bank_size": int(det.bank_size), "added": added, "per_generator": per_gen,
+                         "mean_delta_vs_k0": {**delta, "n_generators": len(same)},
                          "pooled_feasible_generators": {key: pooled.get(key) for key in
                                                         ("acc", "ap", "auc", "real_acc", "fake_acc", "n_real", "n_fake")}}
     for gen in plan:
@@ -266,7 +271,7 @@ def fewshot_markdown(fs: dict[str, Any]) -> str:
     lines = [head, "|---|---|---:|" + "---:|" * len(ks)]
 
     def cell(m: dict[str, Any] | None) -> str:
-        if not m:
+        if not m or any(m.get(key) is None or not math.isfinite(m[key]) for key in ("auc", "ap", "fake_acc")):
             return "-"
         return f"{100 * m['auc']:.1f} / {100 * m['ap']:.1f} / {100 * m['fake_acc']:.0f}"
 
@@ -276,6 +281,13 @@ def fewshot_markdown(fs: dict[str, Any]) -> str:
                      + " | ".join(cell(fs["curve"][k]["per_generator"].get(gen)) for k in ks) + " |")
     lines.append("| all (pooled, generators with that k) | | | "
                  + " | ".join(cell(fs["curve"][k]["pooled_feasible_generators"]) for k in ks) + " |")
+    def dcell(d: dict[str, Any]) -> str:
+        if not d.get("n_generators") or d.get("auc") is None:
+            return "-"
+        return f"{100 * d['auc']:+.1f} / {100 * d['ap']:+.1f} / {100 * d['fake_acc']:+.0f} (FPR {0.0 - 100 * d['real_acc'] + 0.0:+.0f})"
+
+    lines.append("| mean change vs k=0, same generators (Δ AUC / AP / TPR, ΔFPR) | | | "
+                 + " | ".join(dcell(fs["curve"][k]["mean_delta_vs_k0"]) for k in ks) + " |")
     lines.append("| bank size (real+fake) | | | " + " | ".join(str(fs["curve"][k]["bank_size"]) for k in ks) + " |")
     return ("Cells: AUC / AP / TPR at τ (%), fakes of the generator not in the bank vs. test reals of its modality "
             f"({fs['view']} view). † anatomy-mismatched.\n\n" + "\n".join(lines) + "\n")
@@ -348,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     table_rows: dict[str, dict[str, Any]] = {}
     auc_rows: dict[str, dict[str, Any]] = {}
     gen_rows: dict[str, dict[str, Any]] = defaultdict(dict)
-    fewshot: dict[str, Any] | None = None
+    fewshot: dict[str, Any] = {}
     for name in names:
         reg = SPECS[name][0]
         entry: dict[str, Any] = {"registry_name": reg}
@@ -410,15 +422,16 @@ def main(argv: list[str] | None = None) -> int:
             with (args.runs / f"scores_{name}.json").open("w") as fh:
                 json.dump({v: r["scores"] for v, r in ev.views.items()}, fh)
             print(ev.markdown["per_modality"], flush=True)
-            if reg == "dski" and hasattr(det, "add_to_bank") and name == "dski":
+            if reg == "dski" and hasattr(det, "add_to_bank"):
                 if det.config.get("use_mfrm", True) is False:
                     log.append("dski: MFRM disabled, no few-shot curve")
                 else:
                     t2 = time.time()
                     print(f"[{name}] few-shot bank curve ({args.fewshot_view} view)", flush=True)
-                    fewshot = fewshot_curve(det, data.test, manifest, FEWSHOT_K, args.fewshot_view, args.seed)
-                    fewshot["seconds"] = round(time.time() - t2, 1)
-                    print(fewshot_markdown(fewshot), flush=True)
+                    fs = fewshot_curve(det, data.test, manifest, FEWSHOT_K, args.fewshot_view, args.seed)
+                    fs["seconds"] = round(time.time() - t2, 1)
+                    fewshot[name] = fs
+                    print(fewshot_markdown(fs), flush=True)
         except Exception as exc:  # one detector failing must not lose the others' results
             import traceback
 
@@ -439,14 +452,15 @@ def main(argv: list[str] | None = None) -> int:
                "† anatomy-mismatched: no real image of the same anatomy in its modality.", ""]
     answer = answer_pretrained_question(scores_by_det, labels_by_path, budget["n_boot"] * 10, args.seed, results)
     md += ["## Do pretrained features (EfficientNet-Lite0) beat the foundation's from-scratch CNN?", "", answer["text"], ""]
-    if fewshot is not None:
-        md += ["## DSKI few-shot bank curve", "", fewshot_markdown(fewshot), ""]
+    for name, fs in fewshot.items():
+        md += [f"## Few-shot bank curve: {name} ({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
     wall = round(time.time() - t_start, 1)
     header = [
         "# Issue 3 detectors on ../shared/data", "",
         f"- Budget: {'quick smoke run' if args.quick else 'full CPU budget'}; torch threads {torch.get_num_threads()}; "
         f"total wall time {wall} s ({wall / 60:.1f} min) on {platform.processor() or platform.machine()}.",
-        f"- Images used (stratified subsamples, all published fakes kept): {json.dumps(used)}; full recipe split: "
+        f"- Images used (stratified subsamples{', all published fakes kept' if not args.quick else ''}): "
+        f"{json.dumps(used)}; full recipe split: "
         f"{json.dumps({k: v for k, v in full.summary.items() if k in ('train', 'val', 'test')})}.",
         "- Epochs / seconds: " + "; ".join(
             f"{n}: {r.get('epochs', '-')} ep (best {r.get('best_epoch', '-')}), train {r.get('train_seconds', '-')} s, "
@@ -465,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "budget": budget, "quick": args.quick, "wall_seconds": wall, "torch_threads": torch.get_num_threads(),
         "split_full_recipe": full.summary, "images_used": used, "detectors": results, "answer": answer,
-        "fewshot": fewshot, "notes": log,
+        "fewshot": fewshot or None, "notes": log,
     }
     (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default))
     print("\n" + markdown)

@@ -85,3 +85,94 @@ def write_published(folder: Path, seed: int = 2, n: int = 4) -> Path:
             recs.append({"path": rel, "label": "fake", "modality": mod, "source": gen, "generator": gen,
                          "family": "gan" if "GAN" in gen else "diffusion", "notes": "JPEG sample"})
     return _write_manifest(folder, recs)
+
+
+# ----------------------------------------------------------------------------- a detector with a bank
+import contextlib  # noqa: E402
+
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from medforensics.detectors.base import Detector  # noqa: E402
+
+BANK_DETECTOR = "_bench_test_bank"
+
+
+class BankDetector(Detector):
+    """A tiny real detector with a retrieval bank (stands in for DSKI in the few-shot protocol).
+
+    Features: mean and std of the high-pass residual (image − 3×3 box blur). Score: a logistic
+    regression on the features, averaged with the label of the nearest bank entry when the bank
+    is not empty.
+    """
+
+    name = BANK_DETECTOR
+    supervised = True
+
+    def __init__(self, **config):
+        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
+        super().__init__(preprocessing=pre, seed=seed, **{"steps": 50, **config})
+        self.w = torch.zeros(3)
+        self.bank_x, self.bank_y = torch.zeros(0, 2), torch.zeros(0)
+        self.bank_gen: list[str] = []
+
+    @staticmethod
+    def _features(batch: torch.Tensor) -> torch.Tensor:
+        res = batch - F.avg_pool2d(batch, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.stack([res.abs().mean(dim=(1, 2, 3)) * 20, res.std(dim=(1, 2, 3)) * 20], dim=1)
+
+    def fit(self, train, val=None):
+        x = self._features(torch.stack([it["image"] for it in train]))
+        y = torch.tensor([float(it["label"]) for it in train])
+        w = torch.zeros(3, requires_grad=True)
+        opt = torch.optim.SGD([w], lr=0.5)
+        for _ in range(int(self.config["steps"])):
+            loss = F.binary_cross_entropy_with_logits(x @ w[:2] + w[2], y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.w = w.detach()
+        return {"loss": float(loss.detach())}
+
+    def _score_arrays(self, batch):
+        f = self._features(batch)
+        s = torch.sigmoid(f @ self.w[:2] + self.w[2])
+        if len(self.bank_y):
+            nearest = torch.cdist(f, self.bank_x).argmin(dim=1)
+            s = 0.5 * (s + self.bank_y[nearest])
+        return s.numpy()
+
+    def add_to_bank(self, images, labels, generator=None):
+        f = self._features(self.prepare(images))
+        self.bank_x = torch.cat([self.bank_x, f])
+        self.bank_y = torch.cat([self.bank_y, torch.as_tensor(np.asarray(labels), dtype=torch.float32)])
+        self.bank_gen += [generator or ""] * len(f)
+
+    def remove_from_bank(self, generator):
+        keep = torch.tensor([g != generator for g in self.bank_gen], dtype=torch.bool)
+        self.bank_x, self.bank_y = self.bank_x[keep], self.bank_y[keep]
+        self.bank_gen = [g for g in self.bank_gen if g != generator]
+
+    def state_dict(self):
+        return {"w": self.w.clone(), "bank_x": self.bank_x.clone(), "bank_y": self.bank_y.clone()}
+
+    def load_state_dict(self, tensors):
+        self.w, self.bank_x, self.bank_y = tensors["w"], tensors["bank_x"], tensors["bank_y"]
+        self.bank_gen = [""] * len(self.bank_y)
+
+
+@contextlib.contextmanager
+def bank_detector_registered():
+    """Register :class:`BankDetector` for the duration of a block (the global registry is left as found)."""
+    from medforensics.detectors import registry
+
+    registry._ensure_builtin()
+    registry.register_detector(BankDetector)
+    try:
+        yield BANK_DETECTOR
+    finally:
+        registry._REGISTRY.pop(BANK_DETECTOR, None)
+
+
+TINY_FCNN = {"width": 4, "epochs": 1, "batch_size": 8, "patches_per_image": 2, "patch_size": 16, "patch_stride": 16,
+             "progress": False, "preprocessing": {"size": 32}}

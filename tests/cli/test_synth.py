@@ -75,3 +75,27 @@ def test_data_add_fakes(tmp_path):
     res = runner.invoke(app, ["data", "add-fakes", str(src), "--generator", "ddpm-ext", "--modality", "ct",
                               "--manifest", str(out)])
     assert res.exit_code == 2 and "exists" in res.output
+
+
+def test_synth_train_preset_and_colour_modality(tiny_manifest, tmp_path):
+    model = tmp_path / "gan"
+    res = runner.invoke(app, ["synth", "train", "--family", "gan", "--preset", "tiny", "--modality", "endoscopy",
+                              "--manifest", str(tiny_manifest.path), "--out", str(model), "--resolution", "16",
+                              "--steps", "1", "--batch-size", "2", "--grid", "0", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((model / "config.json").read_text())
+    assert info["channels"] == 3 and info["config"]["width"] == 8 and "--preset tiny" in info["training"]["command"]
+    common = ["synth", "train", "--family", "gan", "--preset", "tiny", "--modality", "endoscopy", "--manifest",
+              str(tiny_manifest.path), "--out", str(model), "--resolution", "16", "--batch-size", "2", "--grid", "0",
+              "--no-progress", "--force"]
+    res = runner.invoke(app, [*common, "--steps", "2"])  # continues from the step-1 checkpoint
+    assert res.exit_code == 0, res.output
+    training = json.loads((model / "config.json").read_text())["training"]
+    assert training["resumed_from"] == 1 and training["steps"] == 2
+    res = runner.invoke(app, [*common, "--steps", "1", "--no-resume"])  # starts over
+    assert res.exit_code == 0, res.output
+    training = json.loads((model / "config.json").read_text())["training"]
+    assert training["resumed_from"] is None and training["steps"] == 1
+    res = runner.invoke(app, ["synth", "train", "--family", "gan", "--preset", "huge", "--modality", "endoscopy",
+                              "--manifest", str(tiny_manifest.path), "--out", str(tmp_path / "x"), "--no-progress"])
+    assert res.exit_code == 2 and "unknown preset" in res.output

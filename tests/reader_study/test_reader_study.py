@@ -111,7 +111,7 @@ def test_answering_all_items_gives_reader_and_detector_metrics_persisted(client,
         assert r.status_code == 200
     assert client.get(f"/api/sessions/{sid}").json()["next_position"] is None
     summary = client.post(f"/api/sessions/{sid}/finish").json()
-    assert summary["n"] == N and summary["n_real"] == summary["n_fake"] == N // 2
+    assert summary["n"] == N and summary["n_real"] == summary["n_fake"] == N // 2 and summary["reader_name"] == "dr-b"
     assert summary["reader"]["acc"] == 1.0 and summary["reader"]["auc"] == 1.0
     items = study.store.reader_items(sid)
     want = compute_metrics([it["truth"] for it in items], [it["detector_score"] for it in items], threshold=0.5)

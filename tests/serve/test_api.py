@@ -198,3 +198,16 @@ def test_page_is_self_contained(served):
         assert text == (static / name).read_text()
         assert "http://" not in text and "https://" not in text  # no CDN, works offline
     assert served.client.get("/openapi.json").json()["paths"]["/v1/scans"]["post"]["requestBody"]
+
+
+def test_upload_names_kept_only_with_store_phi_and_no_auth_only_on_loopback(make_served, tmp_path):
+    served = make_served(store_phi=True)
+    item = _upload(served, [("named.png", png_bytes(9))]).json()["items"][0]
+    assert item["scan"]["path"] == "named.png"
+
+    from typer.testing import CliRunner
+
+    from medforensics.cli import app
+
+    res = CliRunner().invoke(app, ["serve", "--no-auth", "--host", "0.0.0.0", "--tokens-file", str(tmp_path / "t.json")])
+    assert res.exit_code == 2 and "loopback" in res.output

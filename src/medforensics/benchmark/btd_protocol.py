@@ -54,6 +54,7 @@ __all__ = [
     "detector_outputs",
     "evaluate_columns",
     "load_patches",
+    "merge_results",
     "pixel_auc",
     "run_btd_protocol",
     "training_patches",
@@ -181,7 +182,7 @@ def detector_outputs(detector: Any, images: np.ndarray, *, maps: bool = True, ba
     (``probability(raw)`` when available) and raw maps (``residual_maps(normalise=False)`` /
     ``error_map`` / ``anomaly_map``), timing the scores alone (images/s)."""
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    raw_fn: Callable[[torch.Tensor], np.ndarray] = getattr(detector, "raw_scores", detector.score)
+    raw_fn: Callable[[torch.Tensor], np.ndarray] = getattr(detector, "raw_scores", None) or detector.score
     t0 = time.perf_counter()
     with torch.no_grad():
         raw = np.concatenate([np.asarray(raw_fn(b), dtype=np.float64) for b in x.split(batch_size)]) if len(x) else np.zeros(0)
@@ -359,7 +360,7 @@ class BTDProtocolResult:
         return "\n".join(parts)
 
     def write(self, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
-        """``btd_protocol.json``, one CSV per table, ``btd_protocol.md`` and PNG plots in ``out_dir``."""
+        """``btd_protocol.json``, one CSV per table, ``btd_protocol.md`` (and PNG plots) in ``out_dir``."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = {"json": out_dir / "btd_protocol.json", "markdown": out_dir / "btd_protocol.md"}
@@ -368,10 +369,13 @@ class BTDProtocolResult:
         for name, table in self.tables().items():
             written[name] = table.to_csv(out_dir / f"{name}.csv")
         if plots:
-            written.update(self._plots(out_dir))
+            written.update(self.write_plots(out_dir))
         return written
 
-    def _plots(self, out_dir: Path) -> dict[str, Path]:
+    def write_plots(self, out_dir: str | Path) -> dict[str, Path]:
+        """PNG plots of the d-ablation and of the lesion-size ablation (one per detector)."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         out: dict[str, Path] = {}
         if self.d_ablation:
             ds = sorted(self.d_ablation, key=lambda k: int(k.split("=")[1]))
@@ -388,6 +392,23 @@ class BTDProtocolResult:
                 out[f"lesion_size_{det}_png"] = _line_plot(radii, series, out_dir / f"lesion_size_{det}.png",
                                                            "injected lesion radius (px at 256²)", "AUC", f"{det}: AUC vs lesion size")
         return out
+
+
+def merge_results(results: Mapping[str, BTDProtocolResult]) -> BTDProtocolResult:
+    """One result from several runs on disjoint columns (e.g. one per modality, each with its own
+    trained detectors): tables are merged by detector, timing keys become ``"<detector> (<label>)"``."""
+    merged = BTDProtocolResult({}, {}, {}, {}, {"runs": {}})
+    for label, res in results.items():
+        for target, source in ((merged.table1, res.table1), (merged.lesion_size, res.lesion_size), (merged.d_ablation, res.d_ablation)):
+            for key, cols in source.items():
+                overlap = set(target.get(key, {})) & set(cols)
+                if overlap:
+                    raise ValueError(f"runs overlap in columns {sorted(overlap)} of {key!r}")
+                target.setdefault(key, {}).update(cols)
+        for det, tm in res.timing.items():
+            merged.timing[f"{det} ({label})"] = tm
+        merged.info["runs"][label] = res.info
+    return merged
 
 
 def _line_plot(x: Sequence[float], series: Mapping[str, Sequence[float]], path: Path, xlabel: str, ylabel: str,

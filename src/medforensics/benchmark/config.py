@@ -77,8 +77,8 @@ class GeneratorSpec:
             self.name = {"diffusion": "ddpm", "gan": "dcgan", "vae": "vae"}[self.family] + "-{modality}"
         if isinstance(self.modalities, str) and self.modalities != "all":
             self.modalities = [self.modalities]
-        if self.resolution not in (32, 64, 128, 256):
-            raise ConfigError(f"generator resolution must be 32, 64, 128 or 256, got {self.resolution}")
+        if self.resolution < 8 or self.resolution & (self.resolution - 1):
+            raise ConfigError(f"generator resolution must be a power of two ≥ 8 (64, 128, 256…), got {self.resolution}")
 
     def expand(self, available: list[str]) -> list["GeneratorInstance"]:
         mods = available if self.modalities == "all" else [m for m in self.modalities if m in available]

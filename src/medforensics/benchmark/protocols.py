@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -44,9 +44,6 @@ from ..io import UnreadableImageError, standardise
 from ..train.common import progress
 from .config import DetectorSpec, RunConfig
 from .protocol import ScoredSet, score_manifest
-
-if TYPE_CHECKING:
-    pass
 
 # =============================================================================== perturbations
 

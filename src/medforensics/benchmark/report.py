@@ -187,16 +187,31 @@ def build_tables(units: list[dict[str, Any]]) -> dict[str, MetricTable]:
         for view, res in u["views"].items():
             if "all" in res:
                 rows.setdefault(f"{det} · {view}", {})[name] = res["all"]
+    clean = {}
     for u in _ok(units, "in_distribution"):  # the clean reference column
         det = _parts(u["unit"])[1]
         for view, res in u["views"].items():
-            key = f"{det} · {view}"
-            if key in rows and "all" in res:
-                rows[key] = {"clean": res["all"], **rows[key]}
+            if "all" in res:
+                clean[f"{det} · {view}"] = res["all"]
+    for key, cols in rows.items():  # columns in axis order, mildest first
+        ordered = sorted(cols, key=_perturbation_order)
+        rows[key] = {**({"clean": clean[key]} if key in clean else {}), **{c: cols[c] for c in ordered}}
     tables["Robustness: AUC per perturbation (applied to real and fake alike)"] = _table(rows, "robustness",
                                                                                           intervals="auc", mean=False)
     tables["Robustness: Acc/AP per perturbation"] = _table(rows, "robustness", mean=False)
     return {k: v for k, v in tables.items() if v is not None}
+
+
+def _perturbation_order(name: str) -> tuple[int, float, str]:
+    from .protocols import perturbation_axis
+
+    axis = perturbation_axis(name)
+    if axis is None:
+        return (len(AXES), 0.0, name)
+    fam, sev = axis
+    order = list(AXES)
+    reverse = fam in ("jpeg", "resize", "quant")
+    return (order.index(fam), -sev if reverse else sev, name)
 
 
 def benchmark_tables(out: Path, manifest: Manifest) -> dict[str, list[dict[str, Any]]]:
@@ -223,7 +238,7 @@ def benchmark_tables(out: Path, manifest: Manifest) -> dict[str, list[dict[str, 
                      "final losses": ", ".join(f"{a}={b:.4g}" for a, b in (info.get("final_losses") or {}).items())})
     if gens:
         tables["Generators: training and sampling time (CPU)"] = gens
-    build = out / "benchmark" / "build.json"
+    build = _bench_dir(out, manifest) / "build.json"
     if build.is_file():
         info = json.loads(build.read_text())
         fmt = info.get("format_check", {})
@@ -411,7 +426,7 @@ def write_report(
         plots.update(curve_plots(units, manifest, plot_dir))
     plots.update(degradation_plots(units, plot_dir))
     plots.update(few_shot_plot(units, plot_dir))
-    grids = sorted((out / "benchmark" / "grids").glob("*.png"))
+    grids = sorted((_bench_dir(out, manifest) / "grids").glob("*.png")) if manifest is not None else []
     for g in grids:
         plots[f"Sample strip: {g.stem} (benchmark images, 8 per generator / real modality)"] = g
     html_tables: dict[str, Any] = {}
@@ -430,6 +445,12 @@ def write_report(
             info[k] = v
     return write_eval_report(html_tables, plots, res_dir / "report.html",
                              title=f"MedForensics benchmark — {info['run']}", info=info)
+
+
+def _bench_dir(out: Path, manifest: Manifest) -> Path:
+    """Folder of the benchmark: built by the run (``<out>/benchmark``) or the given manifest's folder."""
+    built = out / "benchmark"
+    return built if (built / "build.json").is_file() else manifest.root
 
 
 def _slug(text: str) -> str:

@@ -196,6 +196,7 @@ class BenchmarkRunner:
         key = self.model_key(spec, train)
         mid = spec_hash(key)
         if mid in self._models:
+            self.stats["models_cached"] += 1
             return self._models[mid], mid
         mdir = self.cache_dir / mid
         if (mdir / MODEL_INFO).is_file():

@@ -22,20 +22,23 @@ def train(
     channels: int | None = typer.Option(None, help="1 (grey) or 3 (RGB); default 3 for endoscopy/histopathology, else 1."),
     steps: int = typer.Option(2000, help="Total optimisation steps."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per step."),
+    preset: str | None = typer.Option(None, help="Start from a named configuration: 'cpu' (small, CPU-friendly at "
+                                      "64 px) or 'tiny' (toy tests); --set options override it."),
     options: list[str] = typer.Option([], "--set", help="Family option key=value (JSON values), repeatable."),
     seed: int = typer.Option(0, help="Seed of weights and training."),
     split: str = typer.Option("train", help="Split of the real images to train on."),
     split_seed: int = typer.Option(0, help="Seed of the patient-level split when the manifest has none."),
     test_fraction: float = typer.Option(0.2, help="Held-out fraction of the patient-level split when the manifest has none."),
     checkpoint_every: int | None = typer.Option(None, help="Checkpoint interval in steps (default steps/10)."),
-    resume: bool = typer.Option(True, help="Continue from the newest checkpoint in OUT/checkpoints."),
+    resume: bool = typer.Option(True, help="Continue from the newest checkpoint in OUT/checkpoints "
+                                "(--force --no-resume deletes them and starts over)."),
     grid: int = typer.Option(16, help="Samples in the PNG grids written after training (0: none)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing model directory."),
 ) -> None:
     """Train a generator on the real images of one modality (train split only), save it with a sample grid."""
     from ..data import Manifest, patient_split, shared_manifest
-    from ..synth.generators import create_generator, list_generator_families, load_training_images
+    from ..synth.generators import PRESETS, create_generator, list_generator_families, load_training_images
     from .train import _parse_options
 
     refuse_overwrite(out / "config.json", force)
@@ -60,24 +63,34 @@ def train(
     if not len(rows):
         console.print(f"[red]error:[/] no real {modality} images in split {split!r}")
         raise typer.Exit(2)
+    if preset is not None and preset not in PRESETS:
+        console.print(f"[red]error:[/] unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise typer.Exit(2)
+    config = dict(PRESETS[preset].get(family.strip().lower().replace("-", "_"), {})) if preset else {}
+    config.update(_parse_options(options))
     try:
-        gen = create_generator(family, resolution=resolution, channels=channels, seed=seed, **_parse_options(options))
+        gen = create_generator(family, resolution=resolution, channels=channels, seed=seed, **config)
     except (KeyError, ValueError, ImportError) as err:
         console.print(f"[red]error:[/] {err.args[0] if err.args else err}  (families: {', '.join(list_generator_families())})")
         raise typer.Exit(2) from None
+    if force and not resume and (out / "checkpoints").is_dir():
+        import shutil
+
+        shutil.rmtree(out / "checkpoints")  # --force --no-resume: start over
     images = load_training_images(rows, resolution, channels, progress=progress)
     console.print(f"training {gen.family} ({sum(gen.n_parameters().values()):,} parameters) on {len(images)} real "
                   f"{modality} images ({split} split) at {resolution}×{resolution}, {steps} steps × {batch_size}")
     try:
         summary = gen.fit(images, steps=steps, batch_size=batch_size, checkpoint_dir=out / "checkpoints", resume=resume,
                           progress=progress, checkpoint_every=checkpoint_every, grid=grid)
-    except ValueError as err:
+    except (ValueError, FileExistsError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     args = ["synth", "train", "--family", family, "--modality", modality, "--out", str(out), "--resolution",
             str(resolution), "--channels", str(channels), "--steps", str(steps), "--batch-size", str(batch_size),
             "--seed", str(seed), "--split", split]
-    args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
+    args += (["--manifest", str(manifest)] if manifest else []) + (["--preset", preset] if preset else [])
+    args += [a for o in options for a in ("--set", o)]
     patients = {r.patient_id or r.path for r in rows}
     gen.training_summary["data"] = {
         "manifest": str(manifest) if manifest else "shared data manifest",

@@ -295,7 +295,7 @@ class ReaderStudy:
         modalities = {im.image_ref: im.modality for im in self.images}
         summary = summarise(items, detector_threshold=self.detector_threshold, modalities=modalities,
                             n_boot=self.n_boot, seed=self.seed)
-        summary = {"session_id": session_id, "reader": sess["reader"],
+        summary = {"session_id": session_id, "reader_name": sess["reader"],
                    "detector_model": {"model_id": self.detector_name, "threshold": self.detector_threshold},
                    **summary}
         self.store.finish_reader_session(session_id, summary)

@@ -205,7 +205,7 @@ def create_app(settings: ServeSettings | None = None, *, service: ScanService | 
     async def healthz() -> dict[str, Any]:
         """Liveness and readiness: the model is loaded and the store answers."""
         try:
-            await run_in_threadpool(svc.store.count)
+            await run_in_threadpool(lambda: svc.store.query(limit=1))  # cheap round trip
             store_ok = True
         except Exception as exc:  # report, don't crash the probe
             log.error("store check failed: %s", type(exc).__name__)
@@ -257,8 +257,9 @@ def create_app(settings: ServeSettings | None = None, *, service: ScanService | 
                         fh.write(chunk)
                 from ..store import content_hash
 
-                stored = display if settings.store_phi else f"upload:{content_hash(tmp)[:16]}{suffix}"
-                return svc.scan_file(Path(tmp), stored_path=stored, force=force)
+                h = content_hash(tmp)
+                stored = display if settings.store_phi else f"upload:{h[:16]}{suffix}"
+                return svc.scan_file(Path(tmp), stored_path=stored, force=force, content_hash=h)
             finally:
                 os.unlink(tmp)
 

@@ -80,11 +80,12 @@ class ScanService:
         return self.store.find(content_hash=content_hash, detector=self.detector.name,
                                detector_version=self.detector.version, model_id=self.model_id)
 
-    def scan_file(self, path: Path, *, stored_path: str, force: bool = False) -> ItemOutcome:
+    def scan_file(self, path: Path, *, stored_path: str, force: bool = False,
+                  content_hash: str | None = None) -> ItemOutcome:
         """Hash, look up, load, score, save previews and store one file; errors become outcomes."""
-        from ..store import content_hash
+        from ..store import content_hash as hash_file
 
-        h = content_hash(path)
+        h = content_hash or hash_file(path)
         if not force:
             found = self.find(h)
             if found is not None:

@@ -14,8 +14,8 @@ The BTD paper evaluates two scenarios on CT and MRI:
   ``bengin`` (sic) → benign pool). TCGA lung CT and TCGA-LGG brain FLAIR come from cancer
   patients without slice labels; their patients are split 50/50 between the pools by a stable hash.
 * TM = untouched real scans of the malign pool, centred on a *lesion-like* structure: the
-  bright compact blob the removal tool would target (:func:`lesion_like_center`) — the same rule
-  that picks FB centres, so the two classes share one centring rule; it is not an annotated lesion.
+  bright compact blob the removal tool would target (:func:`lesion_like_center`, away from the
+  border) — the same rule that picks FB centres; it is not an annotated lesion.
 * FM = scans of the benign pool with a lesion injected by :func:`~medforensics.synth.tamper.inject_lesion`
   (Poisson-blended copy-move or synthetic nodule) at a random foreground location.
 * TB = untouched real scans of the benign pool, centred on a random foreground location
@@ -168,12 +168,25 @@ def random_foreground_center(pixels: np.ndarray, rng: np.random.Generator, margi
     return int(ys[i]), int(xs[i])
 
 
-def lesion_like_center(pixels: np.ndarray, rng: np.random.Generator) -> tuple[tuple[int, int], float, str]:
-    """Centre, radius and kind (``"blob"``/``"random"``) of the lesion-like structure the removal
-    tool would target: one of the brightest compact blobs, found exactly as
-    :func:`~medforensics.synth.tamper.remove_region` finds it (its pixels are discarded)."""
-    res = remove_region(pixels, rng=rng)
-    return res.center, float(res.radius), str(res.details.get("target", ""))
+def lesion_like_center(
+    pixels: np.ndarray, rng: np.random.Generator, margin: float = 16.0, tries: int = 4
+) -> tuple[tuple[int, int], float, str]:
+    """Centre, radius and kind of the lesion-like structure the removal tool would target.
+
+    The blob is found exactly as :func:`~medforensics.synth.tamper.remove_region` finds it (one of
+    the brightest compact blobs; its inpainted pixels are discarded). A blob closer than
+    ``margin`` px to the image border or outside the body is redrawn (``tries`` times); failing
+    that, a random foreground point is returned with kind ``"random"`` and radius 0.
+    """
+    fg = foreground_mask(pixels)
+    h, w = pixels.shape[:2]
+    for _ in range(max(1, tries)):
+        res = remove_region(pixels, rng=rng)
+        (cy, cx), kind = res.center, str(res.details.get("target", ""))
+        inside = margin <= cy < h - margin and margin <= cx < w - margin and bool(fg[cy, cx])
+        if kind == "blob" and inside:
+            return (int(cy), int(cx)), float(res.radius), "blob"
+    return random_foreground_center(pixels, rng, margin), 0.0, "random"
 
 
 # --------------------------------------------------------------------------- RePaint
@@ -438,10 +451,11 @@ def _attack_rows(
             sized = inject_lesion(pixels, center=res.center, radius=float(r), rng=image_rng(f"{row.path}:r{r}", seed))
             rows.append(fake_row(sized, f"inject-r{r:g}", "injection_site"))
         return rows
-    # fake_benign
-    res = remove_region(pixels, rng=rng)
-    rows = [fake_row(res, "remove", f"lesion_like:{res.details.get('target', '')}")]
+    # fake_benign: the lesion-like blob (same rule as True-Malign) is removed
+    center, radius, kind = lesion_like_center(pixels, rng)
+    res = remove_region(pixels, center=center, radius=radius or None, rng=rng)
+    rows = [fake_row(res, "remove", f"lesion_like:{kind}")]
     if repaint is not None:
         rp = repaint_region(repaint, pixels, res.mask, res.center, seed=int(_hash01("repaint:" + row.path, seed) * 2**31))
-        rows.append(fake_row(rp, "repaint", f"lesion_like:{res.details.get('target', '')}"))
+        rows.append(fake_row(rp, "repaint", f"lesion_like:{kind}"))
     return rows

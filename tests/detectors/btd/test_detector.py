@@ -131,6 +131,9 @@ def test_centre_patch_scoring(trained, data):
     assert maps[1].min() > 0  # no centre → sliding windows over the whole image
     raw = det.raw_scores(x, centers=[(12, 12), None])
     assert raw[1] == pytest.approx(det.raw_scores(x[1:])[0])
+    both = det.analyse(x, centers=[(12, 12), None])  # one pass: raw, probability and normalised map
+    assert np.allclose(both["raw"], raw) and np.allclose(both["score"], det.probability(raw))
+    assert both["map"].shape == (2, 64, 64) and both["map"].max() <= 1
     with pytest.raises(ValueError, match="outside"):
         det.score_patch(x, (70, 10))
 
@@ -173,8 +176,10 @@ def test_patch_size_follows_the_training_modality():
     rng = np.random.default_rng(1)
     train = [{"image": torch.from_numpy(smooth(rng, 128)), "label": torch.tensor(0.0), "modality": "mri"}
              for _ in range(2)]
-    det = create_detector("btd", **{**TINY, "patch_size": None, "stride": None, "steps": 1, "batch_size": 2})
+    det = create_detector("btd", **{**TINY, "patch_size": None, "stride": None, "train_patch": 32, "steps": 1,
+                                    "batch_size": 2})
     assert det.patch_size == 96
-    det.fit(train)
+    summary = det.fit(train)
     assert det.config["patch_size"] == 128 and det.window == 128
+    assert summary["train_patch"] == 32 and summary["patch_size"] == 128
     assert det.calibration["method"] == "fpr_on_real_train" and "warning" in det.calibration

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from medforensics.detectors import create_detector, load_detector
 from medforensics.detectors.dski import FeatureBank, mfrm_logits, retrieval_logits
-from medforensics.io import MedImage
+from medforensics.io import ImageMeta, MedImage
 
 TINY = {"backbone": {"tiny": {"vision": {"image_size": 32, "patch_size": 8}}}, "bottleneck": 8, "progress": False,
         "epochs": 1, "batch_size": 4, "bank_shots": 2}
@@ -27,16 +27,16 @@ def test_mfrm_arithmetic_matches_a_hand_computed_example():
     a1, a2, a3 = 1.0, math.exp(-0.1), math.exp(-0.04)
     # unbalanced (the paper's plain sum): logits = β·A·L + s·f·W′ᵀ with β = 10, s = 100
     expected = [10 * a1 + 100 * 0.8, 10 * (a2 + a3) + 100 * 0.6]
-    got = mfrm_logits(f, w, keys, values, alpha=0.1, beta=10.0, logit_scale=100.0, balance=False)
+    got = mfrm_logits(f, w, keys, values, alpha=0.1, beta=10.0, logit_scale=100.0)
     np.testing.assert_allclose(got.numpy()[0], expected, rtol=1e-6)
-    # balanced: columns scaled by m̄/m_c = 1.5/1 (real) and 1.5/2 (fake)
-    expected_bal = [10 * 1.5 * a1 + 80.0, 10 * 0.75 * (a2 + a3) + 60.0]
-    got = mfrm_logits(f, w, keys, values, alpha=0.1, beta=10.0, logit_scale=100.0, balance=True)
+    # class-balanced with n = 2: each column is n × its mean affinity → real 2·a1, fake (a2 + a3)
+    expected_bal = [10 * 2 * a1 + 80.0, 10 * (a2 + a3) + 60.0]
+    got = mfrm_logits(f, w, keys, values, alpha=0.1, beta=10.0, logit_scale=100.0, per_class=2)
     np.testing.assert_allclose(got.numpy()[0], expected_bal, rtol=1e-6)
-    # with n real + n fake, balancing changes nothing (the paper's setting)
+    # with n real + n fake entries, balancing changes nothing (the paper's setting)
     keys4, values4 = torch.cat([keys, torch.tensor([[0.0, -1.0]])]), torch.cat([values, torch.tensor([[1.0, 0.0]])])
-    torch.testing.assert_close(retrieval_logits(f, keys4, values4, alpha=0.1, beta=10.0, balance=True),
-                               retrieval_logits(f, keys4, values4, alpha=0.1, beta=10.0, balance=False))
+    torch.testing.assert_close(retrieval_logits(f, keys4, values4, alpha=0.1, beta=10.0, per_class=2),
+                               retrieval_logits(f, keys4, values4, alpha=0.1, beta=10.0))
     # no bank: the classifier alone
     np.testing.assert_allclose(mfrm_logits(f, w, None, None, alpha=0.1, beta=10, logit_scale=100.0).numpy()[0],
                                [80.0, 60.0], rtol=1e-6)
@@ -74,7 +74,7 @@ def test_bank_api_save_load_round_trip(trained, toy_sets, tmp_path):
     size = det.add_to_bank(images, [1, 1, 0], generator="genZ")
     assert size == 7 and det.bank_generators[-3:] == ["genZ"] * 3
     # MedImages are preprocessed with the stored preprocessing
-    size = det.add_to_bank([MedImage(np.random.default_rng(0).random((40, 50), dtype=np.float32))], "fake")
+    size = det.add_to_bank([MedImage(np.random.default_rng(0).random((40, 50), dtype=np.float32), ImageMeta())], "fake")
     assert size == 8 and det.bank_generators[-1] == "unnamed-fake"
     out = det.save(tmp_path / "m")
     cfg = json.loads((out / "config.json").read_text())
@@ -107,15 +107,30 @@ def test_use_mfrm_switch_and_few_shot_effect(trained, toy_sets):
         det.config["use_mfrm"] = True
     assert not np.allclose(with_bank, without)  # MFRM on/off changes the scores
     n0 = det.bank_size
-    det.add_to_bank(batch, 1, generator="new-gen")
-    as_fake = det.score(batch)
-    assert np.all(as_fake > with_bank)  # the added samples move toward the given label
+    for i in range(len(batch)):  # one labelled sample moves its own prediction toward its label
+        det.add_to_bank(batch[i : i + 1], "fake", generator="new-gen")
+        assert det.score(batch[i : i + 1])[0] > with_bank[i]
+        det.remove_from_bank("new-gen")
+        det.add_to_bank(batch[i : i + 1], "real", generator="new-real")
+        assert det.score(batch[i : i + 1])[0] < with_bank[i]
+        det.remove_from_bank("new-real")
+    det.add_to_bank(batch, 1, generator="new-gen")  # a group of them: on average
+    assert det.score(batch).mean() > with_bank.mean()
     det.remove_from_bank("new-gen")
     np.testing.assert_allclose(det.score(batch), with_bank, rtol=1e-6)
-    det.add_to_bank(batch, 0, generator="new-real")
-    assert np.all(det.score(batch) < with_bank)
-    det.remove_from_bank("new-real")
     assert det.bank_size == n0
+    # an unbalanced bank does not shift unrelated queries wholesale (class-balanced retrieval)
+    det.add_to_bank(np.stack([it["image"].numpy() for it in val[:6]]), 1, generator="many-fakes")
+    others = np.stack([it["image"].numpy() for it in val[12:16]])
+    shifted = det.score(others)
+    det.remove_from_bank("many-fakes")
+    det.config["bank_balance"] = False
+    det.add_to_bank(np.stack([it["image"].numpy() for it in val[:6]]), 1, generator="many-fakes")
+    plain = det.score(others)
+    det.remove_from_bank("many-fakes")
+    det.config["bank_balance"] = True
+    base = det.score(others)
+    assert np.abs(shifted - base).max() < np.abs(plain - base).max()
 
 
 def test_save_bank_rewrites_only_the_bank(trained, toy_sets, tmp_path):

@@ -52,9 +52,10 @@ def test_checkpoint_layout_pruning_and_config_check(tmp_path):
         _new("gan").fit(IMAGES, steps=6, batch_size=2, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="config"):
         _new("gan", gp_weight=5.0).fit(IMAGES, steps=6, batch_size=4, checkpoint_dir=tmp_path, progress=False)
-    fresh = _new("gan")
-    fresh.fit(IMAGES, steps=1, batch_size=4, checkpoint_dir=tmp_path, resume=False, progress=False, grid=0)
-    assert fresh.step == 1
+    with pytest.raises(FileExistsError, match="earlier run"):
+        _new("gan").fit(IMAGES, steps=1, batch_size=4, checkpoint_dir=tmp_path, resume=False, progress=False)
+    with pytest.raises(ValueError, match="already at step 5"):
+        _new("gan").fit(IMAGES, steps=3, batch_size=4, checkpoint_dir=tmp_path, progress=False)
 
 
 def test_optimiser_state_flattens_without_pickle():

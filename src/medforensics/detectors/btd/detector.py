@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "d": 1,  # back-in-time steps
     "stochastic": False,  # sample x_{t-1} ~ N(μ̃, β̃) instead of taking the posterior mean
     "patch_size": None,  # None: CT 96 / MRI 128 / otherwise 96, chosen from the training data
+    "train_patch": None,  # training crop size (default: patch_size; the U-Net is fully convolutional)
     "window": None,  # sliding window (default: patch_size)
     "stride": None,  # default: window // 2
     "aggregate": "max",  # window scores → image score: "max" | "mean"
@@ -144,7 +145,7 @@ class BTDDetector(Detector):
         if c["score_region"] not in ("full", "center"):
             raise ValueError(f"score_region must be 'full' or 'center', got {c['score_region']!r}")
         factor = 2 ** (len(c["channel_mult"]) - 1)
-        for key in ("patch_size", "window"):
+        for key in ("patch_size", "window", "train_patch"):
             v = c[key]
             if v is not None and (int(v) <= 0 or int(v) % factor):
                 raise ValueError(f"{key}={v} must be a positive multiple of {factor} (2^(levels−1) for "
@@ -159,6 +160,11 @@ class BTDDetector(Detector):
     def patch_size(self) -> int:
         """Training patch / region-of-interest size in preprocessed pixels."""
         return int(self.config["patch_size"] or DEFAULT_PATCH)
+
+    @property
+    def train_patch(self) -> int:
+        """Size of the random training crops."""
+        return int(self.config["train_patch"] or self.patch_size)
 
     @property
     def window(self) -> int:
@@ -306,6 +312,18 @@ class BTDDetector(Detector):
             return np.zeros(0)
         return self._analyse(batch, centers, d)[1].double().numpy()
 
+    def analyse(self, images: ImageBatch, centers: Sequence[tuple[float, float] | None] | None = None,
+                d: int | None = None) -> dict[str, np.ndarray]:
+        """Everything from one back-in-time pass: ``raw`` scores (N,), ``score`` probabilities (N,) and
+        normalised heat-maps ``map`` (N×H×W in [0, 1]); ``centers`` and ``d`` as in :meth:`raw_scores`."""
+        batch = self._batch(images)
+        if len(batch) == 0:
+            h, w = batch.shape[-2:]
+            return {"raw": np.zeros(0), "score": np.zeros(0), "map": np.zeros((0, h, w), np.float32)}
+        maps, raw = self._analyse(batch, centers, d)
+        raw_np = raw.double().numpy()
+        return {"raw": raw_np, "score": self.probability(raw_np), "map": self._normalise_maps(maps.numpy())}
+
     def probability(self, raw: np.ndarray | Sequence[float]) -> np.ndarray:
         """Monotone map raw score → [0, 1]: σ((log s − m) / c) with m, c from real validation scores."""
         logs = np.log(np.asarray(raw, dtype=np.float64) + _EPS)
@@ -371,8 +389,8 @@ class BTDDetector(Detector):
         return images, info
 
     def _sample_crops(self, pool: list[torch.Tensor], n: int, gen: torch.Generator) -> torch.Tensor:
-        """n random patch_size crops (random image, position and — if ``flip`` — horizontal flip)."""
-        p = self.patch_size
+        """n random train_patch crops (random image, position and — if ``flip`` — horizontal flip)."""
+        p = self.train_patch
         out = []
         for j in torch.randint(len(pool), (n,), generator=gen).tolist():
             img = pool[j]
@@ -413,7 +431,7 @@ class BTDDetector(Detector):
             modality = Counter(train_info["modalities"]).most_common(1)
             c["patch_size"] = PATCH_BY_MODALITY.get(modality[0][0] if modality else "", DEFAULT_PATCH)
             self._validate()
-        pool = [pad_to_min(img[None], self.patch_size)[0] for img in pool]
+        pool = [pad_to_min(img[None], self.train_patch)[0] for img in pool]
         steps, bs, t_max = int(c["steps"]), int(c["batch_size"]), self._t_max()
         opt = torch.optim.AdamW(self.unet.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
         warm = max(1, min(int(c["warmup_steps"]), steps // 10 or 1))
@@ -430,7 +448,8 @@ class BTDDetector(Detector):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
         ema = _ema(self.unet, float(c["ema_decay"])) if c["ema_decay"] else None
         self.unet.train()
-        bar = progress(range(steps), "btd training", enabled=c["progress"])
+        bar = progress(range(steps), "btd training" + (f" (time budget {budget:.0f} s)" if budget else ""),
+                       enabled=c["progress"])
         done = 0
         for step in bar:
             x0 = to_model_range(self._sample_crops(pool, bs, gen)).to(self.device)
@@ -462,14 +481,15 @@ class BTDDetector(Detector):
         summary: dict[str, Any] = {
             "n_train": train_info["real"], "train_fakes_skipped": train_info["fake_skipped"],
             "train_unreadable": train_info["unreadable"], "train_modalities": train_info["modalities"],
-            "steps": done, "batch_size": bs, "patch_size": self.patch_size, "t_range": [1, t_max],
+            "steps": done, "batch_size": bs, "patch_size": self.patch_size, "train_patch": self.train_patch,
+            "t_range": [1, t_max],
             "seconds": round(seconds, 1), "train_patches_per_s": round(done * bs / max(seconds, 1e-9), 2),
             "best_epoch": "final (step-based training)", "history": history,
         }
         val_pool, val_info = self._load_reals(val, "val") if val is not None else ([], {"real": 0, "unreadable": []})
         summary.update(n_val=val_info["real"], val_unreadable=val_info["unreadable"])
         if val_pool:
-            summary["val_denoising_loss"] = self._denoising_loss([pad_to_min(v[None], self.patch_size)[0]
+            summary["val_denoising_loss"] = self._denoising_loss([pad_to_min(v[None], self.train_patch)[0]
                                                                    for v in val_pool])
         summary.update(self.calibrate(val_pool or pool, source="real_val" if val_pool else "real_train"))
         self.training_summary = summary

@@ -14,11 +14,12 @@ cache model comes from, uses the *reversed* names — its β is the sharpness in
 and its α the weight of the cache logits — so the DSKI α corresponds to Tip-Adapter's β and vice
 versa.
 
-``balance`` (default on): each class column of A·L is multiplied by m̄ / m_c (m_c entries of that
-class, m̄ = M / K). For a bank of n real + n fake entries — the paper's setting — this is exactly
-the formula above; when samples of a new generator are added to one class only it keeps the
-retrieval term from becoming a class-count prior (with the plain sum, each added fake entry would
-add ≈ β·A ≈ 9 logits towards "fake" for *every* query).
+``per_class`` (DSKI's ``bank_balance``, on by default with n = ``bank_shots``): each class
+column of A·L is replaced by n × (mean affinity over that class's m_c entries), i.e. multiplied by
+n / m_c. For a bank of exactly n real + n fake entries — the paper's setting — this is the formula
+above unchanged. Once samples of a new generator are added to one class it keeps the retrieval
+term from turning into a class-count prior: with the plain sum every added fake entry adds
+≈ β·A ≥ β·e^(−2α) ≈ 8 logits towards "fake" for *every* query, real or not.
 """
 
 from __future__ import annotations
@@ -38,18 +39,17 @@ def affinity(f: torch.Tensor, keys: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def retrieval_logits(f: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, alpha: float, beta: float,
-                     balance: bool = True) -> torch.Tensor:
-    """β·A·L (N×K), with the optional per-class balancing described in the module docstring."""
+                     per_class: float | None = None) -> torch.Tensor:
+    """β·A·L (N×K); with ``per_class = n`` each class column is n × its mean affinity (see module docstring)."""
     scores = affinity(f, keys, alpha) @ values
-    if balance:
+    if per_class is not None:
         counts = values.sum(0)
-        weight = torch.where(counts > 0, values.shape[0] / values.shape[1] / counts.clamp_min(1), torch.zeros_like(counts))
-        scores = scores * weight
+        scores = scores * torch.where(counts > 0, per_class / counts.clamp_min(1), torch.zeros_like(counts))
     return beta * scores
 
 
 def mfrm_logits(f: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor | None, values: torch.Tensor | None, *,
-                alpha: float, beta: float, logit_scale: float, balance: bool = True) -> torch.Tensor:
+                alpha: float, beta: float, logit_scale: float, per_class: float | None = None) -> torch.Tensor:
     """Final logits β·A·L + s·f·W′ᵀ (N×K); ``keys=None`` or an empty bank gives s·f·W′ᵀ alone.
 
     ``f``, ``weights`` (W′) and ``keys`` must already be L2-normalised along their last axis.
@@ -57,7 +57,7 @@ def mfrm_logits(f: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor | Non
     logits = logit_scale * f @ weights.T
     if keys is not None and values is not None and len(keys):
         logits = logits + retrieval_logits(f, keys.to(f.dtype), values.to(f.dtype), alpha=alpha, beta=beta,
-                                           balance=balance)
+                                           per_class=per_class)
     return logits
 
 

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from ...train.common import BestState, balanced_loader, dataset_labels, progress, seed_everything
-from ..backbones import DEFAULT_CLIP, build_backbone, default_blocks, is_random, normalise_spec
+from ..backbones import DEFAULT_CLIP, build_backbone, default_blocks, is_random, normalise_spec, resolve_device
 from ..base import CONFIG_FILE, WEIGHTS_FILE, Detector, ImageBatch, _json_default, read_model_dir
 from ..registry import register_detector
 from .bank import CLASSES, FeatureBank, mfrm_logits
@@ -60,7 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "bank_shots": 16,  # n real + n fake training images in the bank
     "alpha": 0.1,  # α: affinity sharpness (Tip-Adapter calls it β)
     "beta": 10.0,  # β: weight of the retrieval logits (Tip-Adapter calls it α)
-    "bank_balance": True,  # per-class normalisation of A·L (identity for a balanced bank)
+    "bank_balance": True,  # each class of A·L = bank_shots × mean affinity (= the paper's sum for n + n entries)
     "epochs": 50,
     "batch_size": 32,
     "accumulate": 1,  # gradient accumulation steps (micro-batch = batch_size / accumulate)
@@ -77,12 +77,6 @@ DEFAULTS: dict[str, Any] = {
 }
 #: informational keys written by the detector itself (accepted back when a model is loaded)
 DERIVED = ("backbone_weights",)
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @register_detector
@@ -105,7 +99,7 @@ class DSKIDetector(Detector):
             raise ValueError(f"streams must be one of {STREAMS}, got {c['streams']!r}")
         if c["batch_size"] % c["accumulate"]:
             raise ValueError(f"batch_size {c['batch_size']} is not divisible by accumulate {c['accumulate']}")
-        self.device = _resolve_device(c["device"])
+        self.device = resolve_device(c["device"])
         backbone = build_backbone(c["backbone"], image_size=c["image_size"], normalisation=c["normalisation"])
         depth = len(backbone.hook_points())
         blocks = list(c["blocks"]) if c["blocks"] is not None else default_blocks(depth)
@@ -154,7 +148,8 @@ class DSKIDetector(Detector):
         keys = self.bank.keys.to(self.device) if use_bank and len(self.bank) else None
         values = self.bank.values.to(self.device) if keys is not None else None
         logits = mfrm_logits(f.float(), w.float(), keys, values, alpha=c["alpha"], beta=c["beta"],
-                             logit_scale=self.model.logit_scale, balance=c["bank_balance"])
+                             logit_scale=self.model.logit_scale,
+                             per_class=float(c["bank_shots"]) if c["bank_balance"] else None)
         return logits, f
 
     def _batches(self, batch: torch.Tensor):

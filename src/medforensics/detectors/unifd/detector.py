@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...train.common import BestState, progress, seed_everything
-from ..backbones import DEFAULT_CLIP, build_backbone, is_random, normalise_spec
+from ..backbones import DEFAULT_CLIP, build_backbone, is_random, normalise_spec, resolve_device
 from ..base import Detector
 from ..registry import register_detector
 
@@ -65,8 +65,7 @@ class UniFDDetector(Detector):
         super().__init__(preprocessing=pre, seed=seed, **{**DEFAULTS, **config})
         c = self.config
         c["backbone"] = normalise_spec(c["backbone"])
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if c["device"] == "auto"
-                                   else c["device"])
+        self.device = resolve_device(c["device"])
         self.backbone = build_backbone(c["backbone"], image_size=c["image_size"], normalisation=c["normalisation"])
         c["backbone_weights"] = self.backbone.description
         with torch.random.fork_rng(devices=[]):

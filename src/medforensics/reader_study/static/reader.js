@@ -27,7 +27,7 @@ function ci(b) { return b && b.lo !== null ? ` [${fmt(b.lo)}, ${fmt(b.hi)}]` : "
 async function showResults(sid) {
   const s = await call("GET", `/api/sessions/${encodeURIComponent(sid)}/summary`);
   show("results");
-  $("results-intro").textContent = `${s.n} images (${s.n_real} real, ${s.n_fake} fake); reader “${s.reader}” vs ` +
+  $("results-intro").textContent = `${s.n} images (${s.n_real} real, ${s.n_fake} fake); reader “${s.reader_name}” vs ` +
     `detector ${s.detector_model.model_id} at threshold ${fmt(s.detector_model.threshold)}. 95% bootstrap intervals in brackets.`;
   const tbody = document.querySelector("#metrics tbody");
   tbody.replaceChildren();

@@ -39,6 +39,17 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "vae": {"width": 8, "latent_dim": 8},
 }
 
+#: CPU-friendly configurations at 64 px (used by ``bench/generators_timing.py``): a few tenths of a
+#: second to a second per step of 16 images on one CPU thread.
+CPU_CONFIGS: dict[str, dict[str, Any]] = {
+    "diffusion": {"base_width": 16},
+    "latent_diffusion": {"base_width": 32, "vae_width": 16, "vae_steps": 500},
+    "gan": {"width": 32},
+    "vae": {"width": 16},
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"tiny": TINY_CONFIGS, "cpu": CPU_CONFIGS}
+
 
 def list_generator_families() -> list[str]:
     """Names accepted by :func:`create_generator`."""
@@ -64,9 +75,11 @@ def load_generator(directory: str | Path) -> Generator:
 
 __all__ = [
     "CONFIG_FILE",
+    "CPU_CONFIGS",
     "FAMILIES",
     "GRID_FILE",
     "HISTORY_COLUMNS",
+    "PRESETS",
     "TINY_CONFIGS",
     "WEIGHTS_FILE",
     "ConvVAE",

@@ -195,7 +195,8 @@ class Generator:
         With ``checkpoint_dir``, a checkpoint is written every ``checkpoint_every`` steps
         (default ``max(1, steps // 10)``) and at the end, and a sample grid
         (``samples-step-<n>.png``) after training; with ``resume`` the newest checkpoint there is
-        loaded first, which continues exactly as an uninterrupted run would.
+        loaded first, which continues exactly as an uninterrupted run would; without ``resume`` a
+        ``checkpoint_dir`` holding checkpoints is refused (``FileExistsError``) rather than mixed.
         """
         steps, batch_size = int(steps), int(batch_size)
         if steps < 1:
@@ -211,6 +212,11 @@ class Generator:
             checkpoint_dir = Path(checkpoint_dir)
             if resume:
                 resumed_from = self._resume(checkpoint_dir, data_fp, batch_size)
+            elif tl.checkpoint_steps(checkpoint_dir):
+                raise FileExistsError(
+                    f"{checkpoint_dir} holds checkpoints of an earlier run; resume from them (resume=True), "
+                    "delete them or choose another checkpoint_dir"
+                )
         if self.step > steps:
             raise ValueError(f"the generator is already at step {self.step} > steps={steps}")
         every = int(checkpoint_every) if checkpoint_every else max(1, steps // 10)

@@ -180,8 +180,7 @@ def import_fakes(
         except (UnreadableImageError, OSError, ValueError) as exc:
             errors.append(str(exc) if isinstance(exc, UnreadableImageError) else f"{path}: {exc}")
             continue
-        shape = img.meta.original_shape or img.pixels.shape
-        h, w = (int(shape[0]), int(shape[1])) if len(shape) >= 2 else img.pixels.shape[:2]
+        h, w = (int(v) for v in img.pixels.shape[:2])  # io.load keeps the native size
         extra = {
             "original_format": img.meta.source_format,
             "original_height": str(h),

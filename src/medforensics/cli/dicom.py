@@ -1,0 +1,82 @@
+"""``medforensics dicom-listen``: a DICOM Storage SCP that scans every received image into the results store."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import typer
+
+from .common import console, open_model
+
+
+def dicom_listen(
+    ae_title: str = typer.Option("MEDFORENSICS", "--ae-title", help="This receiver's AE title."),
+    host: str = typer.Option("0.0.0.0", "--host", help="Address to listen on."),
+    port: int = typer.Option(11112, "--port", help="TCP port to listen on."),
+    model: str = typer.Option("default", "--model", "-m", help="Shipped model name or model directory."),
+    threshold: float | None = typer.Option(None, help="Decision threshold (default: the model's calibrated one)."),
+    max_frames: int = typer.Option(16, help="Frames scored per multi-frame instance."),
+    db: str | None = typer.Option(None, "--db", envvar="MEDFORENSICS_DB", show_envvar=True,
+                                  help="Results store URL (default: ~/.medforensics/results.db)."),
+    webhook: str | None = typer.Option(None, "--webhook", help="POST results as JSON to this http(s) URL."),
+    forward_flagged: bool = typer.Option(True, "--forward-flagged/--forward-all",
+                                         help="Send only flagged (fake) results to the webhook, or all results."),
+    store_phi: bool = typer.Option(False, "--store-phi", help="Keep patient ID/name in clear in the store."),
+    any_called_aet: bool = typer.Option(False, "--any-called-aet",
+                                        help="Accept associations addressed to any AE title."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every instance (UIDs only, no PHI)."),
+) -> None:
+    """Receive DICOM images (C-STORE, C-ECHO), scan each, record results; Ctrl-C stops."""
+    try:
+        from ..dicomnet.scp import DicomReceiver
+        from ..store import ResultStore, redact_url
+    except ModuleNotFoundError as err:
+        console.print(f"[red]error:[/] dicom-listen needs pynetdicom, sqlalchemy and alembic "
+                      f"(pip install 'medforensics[dicomnet]'): {err}")
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("pynetdicom").setLevel(logging.ERROR)
+    detector = open_model(model)
+    try:
+        store = ResultStore(db, store_phi=store_phi)
+    except Exception as err:
+        console.print(f"[red]error:[/] cannot open the results store: {type(err).__name__}: {err}")
+        raise typer.Exit(2) from None
+    try:
+        receiver = DicomReceiver(detector, store, ae_title=ae_title, threshold=threshold, max_frames=max_frames,
+                                 webhook=webhook, forward="flagged" if forward_flagged else "all",
+                                 require_called_aet=not any_called_aet,
+                                 on_result=lambda rec: console.print(
+                                     f"{rec.sop_instance_uid}  {rec.modality or '?':10s} "
+                                     + (f"{rec.verdict:5s} {rec.score:.4f}" if rec.ok else f"error: {rec.error}")))
+    except ValueError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    try:
+        receiver.start(host, port, block=False)
+    except OSError as err:
+        console.print(f"[red]error:[/] cannot listen on {host}:{port}: {err.strerror or err}")
+        raise typer.Exit(2) from None
+    console.print(f"{ae_title} listening on {host}:{receiver.port} (model {model}, store {redact_url(store.url)}); "
+                  "Ctrl-C stops")
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        receiver.stop()
+        store.close()
+    s = receiver.stats
+    console.print(f"stopped: {s.received} instances ({s.scored} scored, {s.cached} already in the store, "
+                  f"{s.errors} errors, {s.flagged} flagged), {s.echoes} echoes")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("dicom-listen")(dicom_listen)
