@@ -10,7 +10,10 @@ lesion-size ablation, training time and scoring images/s; writes JSON/CSV/Markdo
 and models, attack sets and plots under ``--runs`` (gitignored).
 
 CPU budget: the default run is sized for ≤ ~25 min wall-clock on a shared 2-core machine
-(OMP_NUM_THREADS=1); ``--quick`` is a ~1-minute smoke run.
+(OMP_NUM_THREADS=1): at most 500 training steps per detector, with wall-time caps (BTD and
+ddpm_ood 120 s, each autoencoder 30 s per modality) so a busy machine trains fewer steps rather
+than overrunning — the steps actually done are printed and saved. ``--quick`` is a ~1-minute
+smoke run.
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/issue4_btd.py
 """
@@ -52,11 +55,15 @@ def parse() -> argparse.Namespace:
     p.add_argument("--modalities", default="ct,mri")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap iterations (default 100; quick 10)")
-    p.add_argument("--ablation-n", type=int, default=None, help="patches per class per column in the d-ablation (default 10)")
+    p.add_argument("--ablation-n", type=int, default=None, help="patches per class per column in the d-ablation (default 6)")
     p.add_argument("--d-values", default=None, help="comma list (default 1,2,5,10,50,100,400; quick 1,2,5)")
     p.add_argument("--radii", default="5,10,15", help="lesion radii (px at 256²) of the lesion-size ablation")
     p.add_argument("--max-per-set", type=int, default=None, help="cap per attack-set side (default none; quick 4)")
     p.add_argument("--repaint-steps", type=int, default=None, help="RePaint inference steps (default 50; quick 10)")
+    p.add_argument("--diffusion-seconds", type=float, default=None,
+                   help="wall-time cap of BTD / ddpm_ood training per modality (default 120; 0 = none)")
+    p.add_argument("--ae-seconds", type=float, default=None,
+                   help="wall-time cap of each autoencoder's training per modality (default 30; 0 = none)")
     return p.parse_args()
 
 
@@ -68,7 +75,9 @@ def settings(a: argparse.Namespace) -> dict:
         "epochs": a.epochs,
         "size": a.size or (32 if q else 48),
         "n_boot": a.n_boot or (10 if q else 100),
-        "ablation_n": a.ablation_n or (3 if q else 10),
+        "ablation_n": a.ablation_n or (3 if q else 6),
+        "diffusion_seconds": (120.0 if a.diffusion_seconds is None else a.diffusion_seconds) or None,
+        "ae_seconds": (30.0 if a.ae_seconds is None else a.ae_seconds) or None,
         "d_values": [int(v) for v in d_values.split(",")],
         "radii": [float(v) for v in a.radii.split(",") if v] if not q else [5.0],
         "max_per_set": a.max_per_set or (4 if q else None),
@@ -87,10 +96,12 @@ def detector_configs(s: dict, n_train: int) -> dict[str, dict]:
               "center_patch": s["size"] // 2, "score_region": "center"}
     train = {"steps": s["epochs"] * math.ceil(n_train / 16) if s["epochs"] else s["steps"], "batch_size": 16}
     w = s["width"]
-    ae = {**common, **train, "width": w, "depth": 4 if s["size"] % 16 == 0 else 3, "latent_channels": 16}
+    ae = {**common, **train, "width": w, "depth": 4 if s["size"] % 16 == 0 else 3, "latent_channels": 16,
+          "max_seconds": s["ae_seconds"]}
+    diff = {**common, **train, "base_width": w, "max_seconds": s["diffusion_seconds"]}
     return {
-        "btd": {**common, **train, "base_width": w, "patch_size": s["size"]},
-        "ddpm_ood": {**common, **train, "base_width": w, "levels": 3, "t_values": [250], "ddim_steps": 10},
+        "btd": {**diff, "norm_num_groups": min(8, w), "patch_size": s["size"]},
+        "ddpm_ood": {**diff, "levels": 3, "t_values": [250], "ddim_steps": 10},
         "ae": ae,
         "unet_ae": {**ae, "skip_levels": 2, "skip_dropout": 0.5},
         "inpaint_ae": {**ae, "skip_levels": 2},
@@ -117,11 +128,11 @@ def main() -> None:
         label = mod.upper()
         sub = split.filter(modality=mod)
         t0 = time.time()
+        limit = 12 if a.quick else None
         train_items = training_patches(sub, "train", size=s["size"], per_image=s["per_image_train"], seed=s["seed"],
-                                       show_progress=False)
-        val_items = training_patches(sub, "val", size=s["size"], per_image=2, seed=s["seed"], show_progress=False)
-        if a.quick:
-            train_items, val_items = train_items[:24], val_items[:12]
+                                       limit=limit, show_progress=False)
+        val_items = training_patches(sub, "val", size=s["size"], per_image=2, seed=s["seed"], limit=limit,
+                                     show_progress=False)
         phases[f"{label} patches"] = round(time.time() - t0, 1)
         print(f"[{label}] {len(train_items)} training / {len(val_items)} validation real patches "
               f"({phases[f'{label} patches']} s)", flush=True)
@@ -137,7 +148,7 @@ def main() -> None:
             train_info[f"{name} ({label})"] = {"seconds": train_s[name], "steps": summary.get("steps"),
                                                 "threshold": det.threshold,
                                                 "achieved_fpr_val": det.calibration.get("achieved_fpr")}
-            print(f"[{label}] trained {name:10s} in {train_s[name]:6.1f} s (τ={det.threshold:.3f}, "
+            print(f"[{label}] trained {name:10s} in {train_s[name]:6.1f} s, {summary.get('steps')} steps (τ={det.threshold:.3f}, "
                   f"val FPR {det.calibration.get('achieved_fpr')})", flush=True)
         t0 = time.time()
         repaint = RepaintModel.from_detector(dets["btd"], num_inference_steps=s["repaint_steps"], jump_length=10,

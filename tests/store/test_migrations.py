@@ -41,3 +41,26 @@ def test_downgrade_and_upgrade_roundtrip(tmp_path):
     reopened = ResultStore(url)  # re-opening an up-to-date database is a no-op
     assert reopened.revision() == "0001"
     store.close(), reopened.close()
+
+
+def test_migrations_render_postgresql_ddl_offline():
+    """`alembic upgrade --sql` for PostgreSQL (no server or driver needed); checked once against PostgreSQL 15."""
+    import io
+
+    from alembic.config import Config
+
+    from medforensics.store.store import MIGRATIONS
+
+    out = {}
+    for name, run in (("up", lambda c: command.upgrade(c, "head", sql=True)),
+                      ("down", lambda c: command.downgrade(c, "0001:base", sql=True))):
+        buf = io.StringIO()
+        cfg = Config(output_buffer=buf)
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", "postgresql://user@host/db")
+        run(cfg)
+        out[name] = buf.getvalue()
+    for table in TABLES:
+        assert f"CREATE TABLE {table} (" in out["up"] and f"DROP TABLE {table};" in out["down"]
+    assert "created_at TIMESTAMP WITH TIME ZONE NOT NULL" in out["up"] and "meta JSON NOT NULL" in out["up"]
+    assert "CREATE INDEX ix_scans_dedup ON scans (content_hash, detector, detector_version, model_id)" in out["up"]

@@ -41,6 +41,7 @@ from ..eval.bootstrap import bootstrap_metrics
 from ..eval.tables import MetricTable, metric_table
 from ..io import UnreadableImageError
 from ..synth.attacks import ATTACK_SETS, image_rng, lesion_like_center, load_gray, random_foreground_center
+from ..synth.tamper import foreground_mask
 from ..train.common import progress
 
 __all__ = [
@@ -141,20 +142,24 @@ def training_patches(
     per_image: int = 3,
     image_size: int = 256,
     seed: int = 0,
+    limit: int | None = None,
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Real training/validation items for the detectors: ``per_image`` patches per real ``split``
     row — one centred on the lesion-like blob (the True-Malign rule), the rest on random
-    foreground points (the True-Benign rule) — as ``{"image": 1×P×P, "label": 0, "mask", "modality"}``."""
+    foreground points (the True-Benign rule) — as ``{"image": 1×P×P, "label": 0, "mask", "modality"}``.
+    ``limit`` keeps only the first rows (smoke runs)."""
     items: list[dict[str, Any]] = []
-    rows = [r for r in manifest if r.label == "real" and r.split == split]
+    rows = [r for r in manifest if r.label == "real" and r.split == split][:limit]
     for row in progress(rows, f"{split} patches", enabled=show_progress):
         try:
             pixels = load_gray(row.resolve(manifest.root), row.modality, image_size)
         except UnreadableImageError:
             continue
         rng = image_rng(f"train-patch:{row.path}", seed)
-        centers = [lesion_like_center(pixels, rng)[0]] + [random_foreground_center(pixels, rng) for _ in range(per_image - 1)]
+        fg = foreground_mask(pixels)
+        centers = [lesion_like_center(pixels, rng, fg=fg)[0]]
+        centers += [random_foreground_center(pixels, rng, fg=fg) for _ in range(per_image - 1)]
         for c in centers[:per_image]:
             items.append({
                 "image": torch.from_numpy(crop_patch(pixels, c, size)[None]),

@@ -90,6 +90,7 @@ class BuildOptions:
     resize: float | None = None  # matched resize round trip (scale), both classes
     match_resolution: bool = True
     matched_real: bool = True
+    max_imported_per_generator: int | None = None  # cap on imported fakes per generator (seeded draw)
     assumed_jpeg_quality: int = 85
     test_fraction: float = 0.2
     seed: int = 0
@@ -517,6 +518,12 @@ def build_benchmark(
 
     # ---- imported (published) fakes and their matched reals
     n_imported = 0
+    if imported is not None and len(imported) and opt.max_imported_per_generator:
+        cap = int(opt.max_imported_per_generator)
+        by_gen: dict[str, list[ManifestRow]] = defaultdict(list)
+        for r in sorted(imported, key=lambda r: _rank(opt.seed, "imp:" + r.path)):
+            by_gen[r.generator or r.source].append(r)
+        imported = imported.with_rows([r for rows_ in by_gen.values() for r in rows_[:cap]])
     if imported is not None and len(imported):
         reals_by_anat = real_anatomies(reals)
         test_reals = sorted((r for r in reals if r.split == "test"), key=lambda r: _rank(opt.seed, "match:" + r.path))

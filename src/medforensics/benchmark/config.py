@@ -113,6 +113,7 @@ class BuildSpec:
     generator_dirs: list[str] = field(default_factory=list)  # made elsewhere: sample folders or model dirs
     imported_fakes: str | None = None  # "shared" (the shared data's published fakes) or a manifest
     matched_real: bool = True
+    max_imported_per_generator: int | None = None
     per_class: int | None = None
     size: int = 256
     fit: str = "center_crop"
@@ -143,11 +144,16 @@ class DetectorSpec:
     label: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    protocols: list[str] | None = None  # run only these protocols for this detector (None: every enabled one)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.detector
+        bad = [p for p in self.protocols or [] if p not in PROTOCOLS]
+        if bad:
+            raise ConfigError(f"detector {self.label}: unknown protocol(s) {bad}; known: {', '.join(PROTOCOLS)}")
 
     def key(self) -> dict[str, Any]:
+        """What determines a trained model (the label and protocol list do not)."""
         return {"detector": self.detector, "config": self.config, "seed": self.seed}
 
 
@@ -201,6 +207,8 @@ class RunConfig:
     build: BuildSpec | None = None
     detectors: list[DetectorSpec | str] = field(default_factory=lambda: [DetectorSpec("forensic_cnn")])
     detector_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # config per registry name for "registered"
+    registered_protocols: list[str] | None = None  # protocols of the "registered" detectors (None: all enabled)
+    quick_overrides: dict[str, Any] = field(default_factory=dict)  # merged into the config by --quick, before scaling
     training: TrainingSpec = field(default_factory=TrainingSpec)
     protocols: ProtocolSpec = field(default_factory=ProtocolSpec)
     views: list[str] = field(default_factory=lambda: list(VIEWS))
@@ -233,8 +241,12 @@ class RunConfig:
         return cls(**kw)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
-        """Read a ``.yaml``/``.yml`` (needs PyYAML) or ``.json`` run config."""
+    def load(cls, path: str | Path, quick: float | None = None) -> "RunConfig":
+        """Read a ``.yaml``/``.yml`` (needs PyYAML) or ``.json`` run config.
+
+        With ``quick`` the file's ``quick_overrides`` mapping is merged in (nested mappings merged,
+        other values replaced) and the result is :func:`scaled` by ``quick``.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"run config not found: {path}")
@@ -253,10 +265,13 @@ class RunConfig:
                 data = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}: invalid JSON ({exc})") from exc
+        if quick is not None and isinstance(data, dict):
+            data = deep_merge(data, data.get("quick_overrides") or {})
         try:
-            return cls.from_dict(data, source=str(path))
+            cfg = cls.from_dict(data, source=str(path))
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
+        return scaled(cfg, quick) if quick is not None else cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -268,13 +283,25 @@ class RunConfig:
         out = list(explicit)
         if "registered" in self.detectors:
             listed = {d.detector for d in explicit}
-            out += [DetectorSpec(name, config=copy.deepcopy(self.detector_defaults.get(name, {})), seed=self.seed)
+            out += [DetectorSpec(name, config=copy.deepcopy(self.detector_defaults.get(name, {})), seed=self.seed,
+                                 protocols=copy.copy(self.registered_protocols))
                     for name in registered if name not in listed]
         labels = [d.label for d in out]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ConfigError(f"detector labels must be unique; repeated: {', '.join(dup)}")
         return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over`` merged in: nested mappings merged key by key, other values replaced."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
 
 
 def spec_hash(obj: Any, n: int = 16) -> str:

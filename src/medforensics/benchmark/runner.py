@@ -130,6 +130,8 @@ class BenchmarkRunner:
                  f"protocols: {', '.join(enabled + (['ablations'] if p.ablations else []))}")
         for spec in detectors:
             for name in enabled:
+                if spec.protocols is not None and name not in spec.protocols:
+                    continue
                 try:
                     PROTOCOL_FUNCTIONS[name](self, spec)
                 except Exception as exc:  # a protocol that cannot even set up (e.g. bad hold-out) is recorded
@@ -284,6 +286,7 @@ class BenchmarkRunner:
         split_real, _ = benchmark_split(reals, imported, test_fraction=b.test_fraction, seed=b.seed)
         options = BuildOptions(size=b.size, fit=b.fit, per_class=b.per_class, jpeg_quality=b.jpeg_quality,
                                resize=b.resize, match_resolution=b.match_resolution, matched_real=b.matched_real,
+                               max_imported_per_generator=b.max_imported_per_generator,
                                test_fraction=b.test_fraction, seed=b.seed, modalities=tuple(mods))
         fakes, sources, gen_keys = [], {}, []
         instances = [inst for g in b.generators for inst in g.expand(mods)]
@@ -397,9 +400,10 @@ def run_config(
     """Load (and optionally scale) a run config and run it; return the run summary."""
     from .config import scaled
 
-    cfg = config if isinstance(config, RunConfig) else RunConfig.load(config)
-    if quick is not None:
-        cfg = scaled(cfg, quick)
+    if isinstance(config, RunConfig):
+        cfg = scaled(config, quick) if quick is not None else config
+    else:
+        cfg = RunConfig.load(config, quick=quick)
     return BenchmarkRunner(cfg, out, resume=resume, force=force, show_progress=show_progress, log=log).run()
 
 

@@ -29,6 +29,8 @@ def build(
                                       "the same modality and anatomy with their file history."),
     match_resolution: bool = typer.Option(True, "--match-resolution/--no-match-resolution", help="Give reals the "
                                           "native resolution of the fakes before the common resize."),
+    max_imported: int | None = typer.Option(None, "--max-imported", help="At most this many imported fakes per "
+                                            "generator (seeded draw)."),
     size: int = typer.Option(256, help="Side of every benchmark image."),
     modality: list[str] = typer.Option([], "--modality", "-m", help="Only these modalities (repeatable); also the "
                                        "modality of a flat folder or of a generator model directory."),
@@ -58,6 +60,7 @@ def build(
             raise ValueError("give factory fakes (--generators) and/or --imported-fakes")
         options = BuildOptions(size=size, per_class=per_class, jpeg_quality=jpeg_quality, resize=resize,
                                match_resolution=match_resolution, matched_real=matched_real,
+                               max_imported_per_generator=max_imported,
                                test_fraction=test_fraction, seed=seed, modalities=tuple(modality) or None)
         result = build_benchmark(reals, fakes, out, imported=imported, options=options, overwrite=force)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:

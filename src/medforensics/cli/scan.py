@@ -64,7 +64,15 @@ def scan(
     tau = resolve_threshold(detector, threshold, fpr)
     store = open_store(db, store_phi) if db else None
     if engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            console.print("[red]error:[/] --engine ray needs Ray (pip install 'medforensics[ray]')")
+            raise typer.Exit(2)
         from ..distributed.ray_scan import RayScan
+
+        if report is not None:
+            console.print("note: with --engine ray the report has no thumbnails or heat-maps")
 
         batch = RayScan(paths, model, detector=detector, store=store, threshold=tau, max_frames=max_frames,
                         force=force, resume=resume, address=address, num_gpus=num_gpus, workers=workers)

@@ -166,6 +166,8 @@ class ResultStore:
                 from sqlalchemy.pool import StaticPool
 
                 kwargs["poolclass"] = StaticPool  # one shared in-memory database for all threads
+            else:
+                kwargs.update(pool_size=8, max_overflow=32)  # many service / receiver threads
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self._sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -201,10 +203,16 @@ class ResultStore:
 
         if revision == "head" and self.revision() == self.head():
             return
-        with _MIGRATE_LOCK, self.engine.begin() as conn:
-            cfg = self.alembic_config()
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
+        try:
+            with _MIGRATE_LOCK, self.engine.begin() as conn:
+                cfg = self.alembic_config()
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+        except Exception:
+            # another process may have migrated the same database at the same moment
+            if revision == "head" and self.revision() == self.head():
+                return
+            raise
         log.info("results store schema at revision %s", self.revision())
 
     def downgrade(self, revision: str) -> None:

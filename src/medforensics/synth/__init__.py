@@ -19,3 +19,7 @@ from .generators import (
 __all__ = ["TamperResult", "foreground_mask", "inject_lesion", "remove_region", "tamper", "tamper_image",
            "create_generator", "import_fakes", "list_generator_families", "load_generator", "load_training_images",
            "sample_to_folder"]
+
+from .attacks import RepaintModel, btd_real_split, build_attack_sets, repaint_inpaint, repaint_region  # noqa: E402
+
+__all__ += ["RepaintModel", "btd_real_split", "build_attack_sets", "repaint_inpaint", "repaint_region"]

@@ -152,10 +152,13 @@ def load_gray(path: str | Path, modality: str, size: int = 256) -> np.ndarray:
     return to_channels(standardise(image.pixels, size), 1)[0]
 
 
-def random_foreground_center(pixels: np.ndarray, rng: np.random.Generator, margin: float = 16.0) -> tuple[int, int]:
+def random_foreground_center(
+    pixels: np.ndarray, rng: np.random.Generator, margin: float = 16.0, fg: np.ndarray | None = None
+) -> tuple[int, int]:
     """A random foreground location at least ``margin`` px inside the body and the image border
-    (relaxed to half the largest available distance when nothing is that deep)."""
-    fg = foreground_mask(pixels)
+    (relaxed to half the largest available distance when nothing is that deep). ``fg``: a
+    precomputed :func:`~medforensics.synth.tamper.foreground_mask` of ``pixels``."""
+    fg = foreground_mask(pixels) if fg is None else fg
     dist = ndimage.distance_transform_edt(fg) if not fg.all() else np.full(fg.shape, np.inf)
     yy, xx = np.ogrid[: fg.shape[0], : fg.shape[1]]
     border = np.minimum(np.minimum(yy, fg.shape[0] - 1 - yy), np.minimum(xx, fg.shape[1] - 1 - xx)) + 1.0
@@ -169,24 +172,26 @@ def random_foreground_center(pixels: np.ndarray, rng: np.random.Generator, margi
 
 
 def lesion_like_center(
-    pixels: np.ndarray, rng: np.random.Generator, margin: float = 16.0, tries: int = 4
+    pixels: np.ndarray, rng: np.random.Generator, margin: float = 16.0, tries: int = 4, fg: np.ndarray | None = None
 ) -> tuple[tuple[int, int], float, str]:
     """Centre, radius and kind of the lesion-like structure the removal tool would target.
 
     The blob is found exactly as :func:`~medforensics.synth.tamper.remove_region` finds it (one of
     the brightest compact blobs; its inpainted pixels are discarded). A blob closer than
     ``margin`` px to the image border or outside the body is redrawn (``tries`` times); failing
-    that, a random foreground point is returned with kind ``"random"`` and radius 0.
+    that, a random foreground point is returned with kind ``"random"`` and radius 0. ``fg``: a
+    precomputed foreground mask of ``pixels``.
     """
-    fg = foreground_mask(pixels)
+    fg = foreground_mask(pixels) if fg is None else fg
     h, w = pixels.shape[:2]
     for _ in range(max(1, tries)):
         res = remove_region(pixels, rng=rng)
         (cy, cx), kind = res.center, str(res.details.get("target", ""))
-        inside = margin <= cy < h - margin and margin <= cx < w - margin and bool(fg[cy, cx])
-        if kind == "blob" and inside:
+        if kind != "blob":  # no blob candidate at all: redrawing cannot help
+            break
+        if margin <= cy < h - margin and margin <= cx < w - margin and bool(fg[cy, cx]):
             return (int(cy), int(cx)), float(res.radius), "blob"
-    return random_foreground_center(pixels, rng, margin), 0.0, "random"
+    return random_foreground_center(pixels, rng, margin, fg), 0.0, "random"
 
 
 # --------------------------------------------------------------------------- RePaint

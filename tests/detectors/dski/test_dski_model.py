@@ -178,6 +178,12 @@ def test_efficientnet_variant_has_adapters_beside_blocks_and_a_linear_head(toy_s
     assert extra.shape == out.shape
     torch.testing.assert_close(out, handle_free + extra)
     train, val = toy_sets
+    # the head starts at the class prototypes (normalised class means of f′)
+    det.init_head_from_prototypes(train[:8], shots=4)
+    f = det.bank_features(torch.stack([it["image"] for it in train[:8]]))
+    y = torch.tensor([int(it["label"]) for it in train[:8]])
+    protos = torch.stack([F.normalize(f[y == k].mean(0), dim=0) for k in (0, 1)])
+    torch.testing.assert_close(det.model.classifier.weight, protos)
     det.fit(train[:8], val[:4])
     maps = det.anomaly_map(torch.stack([it["image"] for it in val[:2]]))
     assert maps.shape == (2, 128, 128) and maps.min() >= 0 and maps.max() <= 1

@@ -57,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "prompts": ["A real medical image", "A fake medical image"],
     "text_hidden": None,  # text adapter hidden width (None: D/4)
     "logit_scale": None,  # None: CLIP's learnt scale; 30 for the EfficientNet cosine head
+    "head_init": "prototypes",  # EfficientNet head: "prototypes" (class means of f′) | "random"
     "bank_shots": 16,  # n real + n fake training images in the bank
     "alpha": 0.1,  # α: affinity sharpness (Tip-Adapter calls it β)
     "beta": 10.0,  # β: weight of the retrieval logits (Tip-Adapter calls it α)
@@ -97,6 +98,8 @@ class DSKIDetector(Detector):
         c["backbone"] = normalise_spec(c["backbone"])
         if c["streams"] not in STREAMS:
             raise ValueError(f"streams must be one of {STREAMS}, got {c['streams']!r}")
+        if c["head_init"] not in ("prototypes", "random"):
+            raise ValueError(f"head_init must be 'prototypes' or 'random', got {c['head_init']!r}")
         if c["batch_size"] % c["accumulate"]:
             raise ValueError(f"batch_size {c['batch_size']} is not divisible by accumulate {c['accumulate']}")
         self.device = resolve_device(c["device"])
@@ -223,12 +226,8 @@ class DSKIDetector(Detector):
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return len(self.bank)
 
-    def build_bank(self, dataset: Sequence[dict], shots: int | None = None) -> int:
-        """Fill the bank with ``shots`` real + ``shots`` fake items of ``dataset`` (seeded draw)."""
-        shots = int(self.config["bank_shots"] if shots is None else shots)
-        self.bank.clear()
-        if shots <= 0 or not len(dataset):
-            return 0
+    def _draw(self, dataset: Sequence[dict], shots: int) -> tuple[list[dict], torch.Tensor, list[int]]:
+        """``shots`` real + ``shots`` fake items (seeded draw), their features f′ and labels."""
         labels = dataset_labels(dataset)
         rng = np.random.default_rng(self.seed)
         chosen = []
@@ -237,9 +236,33 @@ class DSKIDetector(Detector):
             chosen += rng.choice(idx, size=min(shots, len(idx)), replace=False).tolist()
         items = [dataset[int(i)] for i in chosen]
         feats = self.bank_features(torch.stack([it["image"] for it in items]))
-        ys = [int(float(it["label"]) > 0.5) for it in items]
+        return items, feats, [int(float(it["label"]) > 0.5) for it in items]
+
+    def build_bank(self, dataset: Sequence[dict], shots: int | None = None) -> int:
+        """Fill the bank with ``shots`` real + ``shots`` fake items of ``dataset`` (seeded draw)."""
+        shots = int(self.config["bank_shots"] if shots is None else shots)
+        self.bank.clear()
+        if shots <= 0 or not len(dataset):
+            return 0
+        items, feats, ys = self._draw(dataset, shots)
         names = [f"train:{it.get('generator') or 'fake'}" if y else "train:real" for it, y in zip(items, ys)]
         return self.bank.add(feats, ys, names)
+
+    @torch.no_grad()
+    def init_head_from_prototypes(self, dataset: Sequence[dict], shots: int = 32) -> None:
+        """Linear-head variant: start W′ at the class means of f′ (a nearest-prototype classifier).
+
+        The text adapter starts from CLIP's prompt embeddings, which already lie in the image
+        embedding cone; a random head does not (random rows give large, meaningless logits at
+        the start). Prototypes of ``shots`` real + ``shots`` fake training images give the head
+        an equivalent data-driven starting point.
+        """
+        _, feats, ys = self._draw(dataset, shots)
+        y = torch.tensor(ys)
+        if not ((y == 0).any() and (y == 1).any()):
+            return
+        protos = torch.stack([F.normalize(feats[y == k].mean(0), dim=0) for k in (0, 1)])
+        self.model.classifier.weight.copy_(protos.to(self.model.classifier.weight))
 
     # ------------------------------------------------------------------ training
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
@@ -249,6 +272,8 @@ class DSKIDetector(Detector):
 
         c = self.config
         gen = seed_everything(self.seed)
+        if self.model.text_base is None and c["head_init"] == "prototypes":
+            self.init_head_from_prototypes(train)
         micro = c["batch_size"] // c["accumulate"]
         loader = balanced_loader(train, micro, gen, c["num_workers"], collate_fn=getattr(train, "collate", None))
         trainable = self.model.trainable()

@@ -51,6 +51,7 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "batch_size": 16,
     "lr": 2e-3,
     "weight_decay": 1e-5,
+    "max_seconds": None,  # stop training after this wall time (the LR schedule then follows time: machine-dependent)
     "target_fpr": 0.05,
     "score_region": "image",  # "image" | "center"
     "center_patch": 32,
@@ -117,6 +118,7 @@ def train_reconstruction(
     lr: float,
     weight_decay: float,
     seed: int,
+    max_seconds: float | None = None,
     desc: str = "training",
     show_progress: bool = True,
 ) -> dict[str, Any]:
@@ -124,8 +126,10 @@ def train_reconstruction(
 
     ``images(idx)`` returns the mini-batch of items ``idx`` (indices into ``range(n_items)``);
     ``loss_fn(batch, generator)`` returns the scalar loss, drawing any randomness (masks, noise,
-    timesteps) from ``generator``. AdamW with a cosine-annealed learning rate; returns a summary
-    with the loss curve (mean loss over each tenth of training).
+    timesteps) from ``generator``. AdamW with a cosine-annealed learning rate (to 5%) over
+    ``steps``; with ``max_seconds`` training stops when that wall time is spent and the schedule
+    follows whichever of steps and time is further along. Returns a summary with the loss curve
+    (mean loss over each tenth of training).
     """
     if n_items == 0:
         raise ValueError("no real images to train on (unsupervised detectors train on label-0 items only)")
@@ -134,10 +138,17 @@ def train_reconstruction(
     gen = seed_everything(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=lr * 0.05)
+    t0 = time.time()
+
+    def lr_factor(step: int) -> float:
+        frac = step / steps
+        if max_seconds:
+            frac = max(frac, (time.time() - t0) / max_seconds)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     model.train()
     losses: list[float] = []
-    t0 = time.time()
     bar = progress(range(steps), desc, enabled=show_progress)
     for _ in bar:
         idx = rng.choice(n_items, size=min(batch_size, n_items), replace=n_items < batch_size)
@@ -149,10 +160,13 @@ def train_reconstruction(
         losses.append(float(loss.item()))
         if show_progress:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+        if max_seconds and time.time() - t0 > max_seconds:
+            break
     model.eval()
     chunks = np.array_split(np.asarray(losses), min(10, len(losses)))
     return {
-        "steps": steps,
+        "steps": len(losses),
+        "steps_planned": steps,
         "batch_size": batch_size,
         "final_loss": float(np.mean(losses[-max(1, steps // 10):])),
         "loss_curve": [round(float(c.mean()), 6) for c in chunks],
@@ -305,7 +319,7 @@ class ReconstructionDetector(Detector):
         summary = train_reconstruction(
             self.model, self.train_loss, batch, len(idx), steps=self._train_steps(len(idx)),
             batch_size=c["batch_size"], lr=c["lr"], weight_decay=c["weight_decay"], seed=self.seed,
-            desc=f"{self.name} training", show_progress=bool(c["progress"]),
+            max_seconds=c["max_seconds"], desc=f"{self.name} training", show_progress=bool(c["progress"]),
         )
         summary.update(n_train_real=int(len(idx)), n_train=len(train))
         val_idx = real_indices(val) if val is not None and len(val) else np.zeros(0, dtype=np.int64)
