@@ -260,6 +260,25 @@ def fewshot_curve(det: Any, test: Manifest, reference: Manifest, ks: tuple[int, 
     }
 
 
+def fewshot_variants(det: Any, test: Manifest, reference: Manifest, view: str, seed: int,
+                     alphas: list[float]) -> dict[str, dict[str, Any]]:
+    """The few-shot curve at the model's own α and at each extra α (affinity sharpness), α restored after."""
+    own = det.config.get("alpha")
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for alpha in [own, *[a for a in alphas if a != own]]:
+            det.config["alpha"] = alpha
+            t0 = time.time()
+            fs = fewshot_curve(det, test, reference, FEWSHOT_K, view, seed)
+            fs["seconds"], fs["alpha"], fs["beta"] = round(time.time() - t0, 1), alpha, det.config.get("beta")
+            label = f"alpha={alpha:g}" + (" (model's own)" if alpha == own else "")
+            out[label] = fs
+            print(f"few-shot curve, {label}:\n" + fewshot_markdown(fs), flush=True)
+    finally:
+        det.config["alpha"] = own
+    return out
+
+
 def _remove_tag(det: Any, tag: str) -> None:
     if tag in set(det.bank_generators):
         det.remove_from_bank(tag)
@@ -310,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="options", action="append", default=[],
                     help="detector option NAME.key=value (JSON value), e.g. --set dski.batch_size=16")
     ap.add_argument("--fewshot-view", choices=("plain", "matched"), default="matched")
+    ap.add_argument("--fewshot-alpha", default="", help="extra MFRM α values (comma-separated) for the few-shot "
+                    "curve, besides the model's own, e.g. 1,5")
+    ap.add_argument("--fewshot-model", type=Path, default=None,
+                    help="only run the few-shot curve(s) on this saved DSKI model dir (same split/budget), "
+                    "written to OUT/fewshot.{md,json}")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (a minute or two)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -353,6 +377,22 @@ def main(argv: list[str] | None = None) -> int:
 
     test_rows = {r.path: r for r in data.test}
     mismatched = {r.generator for r in data.test if r.label == "fake" and not anatomy_matched(r, manifest)}
+    alphas = [float(a) for a in args.fewshot_alpha.split(",") if a.strip()]
+    if args.fewshot_model is not None:
+        det = load_detector(args.fewshot_model)
+        if not hasattr(det, "add_to_bank"):
+            ap.error(f"{args.fewshot_model} holds a {det.name!r} model, which has no retrieval bank")
+        t0 = time.time()
+        curves = fewshot_variants(det, data.test, manifest, args.fewshot_view, args.seed, alphas)
+        text = [f"# Few-shot bank curves of {args.fewshot_model}", "",
+                f"- Test images used: {json.dumps(used['test'])}; wall time {time.time() - t0:.0f} s.", ""]
+        for label, fs in curves.items():
+            text += [f"## {label}, β = {fs['beta']} ({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
+        (args.out / "fewshot.md").write_text("\n".join(text))
+        (args.out / "fewshot.json").write_text(json.dumps({"model": str(args.fewshot_model), "images_used": used,
+                                                           "curves": curves}, indent=2, default=_json_default))
+        print("\n".join(text))
+        return 0
     registered = list_detectors()
     results: dict[str, Any] = {}
     scores_by_det: dict[str, dict[str, dict[str, float]]] = {}
@@ -426,12 +466,10 @@ def main(argv: list[str] | None = None) -> int:
                 if det.config.get("use_mfrm", True) is False:
                     log.append("dski: MFRM disabled, no few-shot curve")
                 else:
-                    t2 = time.time()
                     print(f"[{name}] few-shot bank curve ({args.fewshot_view} view)", flush=True)
-                    fs = fewshot_curve(det, data.test, manifest, FEWSHOT_K, args.fewshot_view, args.seed)
-                    fs["seconds"] = round(time.time() - t2, 1)
-                    fewshot[name] = fs
-                    print(fewshot_markdown(fs), flush=True)
+                    for label, fs in fewshot_variants(det, data.test, manifest, args.fewshot_view, args.seed,
+                                                      alphas).items():
+                        fewshot[f"{name} · {label}"] = fs
         except Exception as exc:  # one detector failing must not lose the others' results
             import traceback
 
@@ -453,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     answer = answer_pretrained_question(scores_by_det, labels_by_path, budget["n_boot"] * 10, args.seed, results)
     md += ["## Do pretrained features (EfficientNet-Lite0) beat the foundation's from-scratch CNN?", "", answer["text"], ""]
     for name, fs in fewshot.items():
-        md += [f"## Few-shot bank curve: {name} ({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
+        md += [f"## Few-shot bank curve: {name}, β = {fs['beta']} ({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
     wall = round(time.time() - t_start, 1)
     header = [
         "# Issue 3 detectors on ../shared/data", "",

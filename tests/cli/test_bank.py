@@ -62,7 +62,7 @@ def test_bank_add_moves_predictions_toward_the_label(dski_dir, tmp_path):
     n0 = det.bank_size
     paths = _pngs(tmp_path / "newgen", 1, seed=5)
     before = det.score([load(p) for p in paths])
-    weights_card = (dski_dir / "MODEL_CARD.md").read_text()
+    card_before = (dski_dir / "MODEL_CARD.md").read_text()
     res = runner.invoke(app, ["bank", "add", "--model", str(dski_dir), *map(str, paths), "--label", "fake",
                               "--generator", "genNew"])
     assert res.exit_code == 0, res.output
@@ -71,7 +71,7 @@ def test_bank_add_moves_predictions_toward_the_label(dski_dir, tmp_path):
     assert again.bank_size == n0 + 1 and again.bank_generators[-1:] == ["genNew"]
     after = again.score([load(p) for p in paths])
     assert np.all(after > before)
-    assert (dski_dir / "MODEL_CARD.md").read_text() == weights_card
+    assert (dski_dir / "MODEL_CARD.md").read_text() == card_before
     cfg = json.loads((dski_dir / "config.json").read_text())
     assert cfg["bank"]["history"][-1]["generator"] == "genNew"
     # a folder of several, one unreadable file: the good ones are added, exit status 1

@@ -6,7 +6,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -228,3 +227,21 @@ def test_dicom_listen_cli(tmp_path):
     assert rec.patient_ref not in out  # PHI (even hashed) is not printed
     assert store.run(rec.run_id)["status"] == "finished"
     store.close()
+
+
+def test_webhook_delivery_and_failures_never_raise(webhook_url):
+    from medforensics.dicomnet.webhook import WebhookSender, check_url
+
+    with pytest.raises(ValueError, match="http"):
+        check_url("ftp://example.org/x")
+    ok = WebhookSender(webhook_url)
+    ok.submit({"event": "medforensics.flagged", "result": {"id": "r1"}})
+    ok.close()
+    assert ok.sent == 1 and Hook.received == [{"event": "medforensics.flagged", "result": {"id": "r1"}}]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/hook"
+    bad = WebhookSender(dead, retries=1, backoff=0.01, timeout=1)
+    bad.submit({"event": "medforensics.flagged", "result": {"id": "r2"}})
+    bad.close()
+    assert bad.sent == 0 and bad.failed == 1

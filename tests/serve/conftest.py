@@ -26,13 +26,22 @@ def tiny_detector(tiny_model):
     return load_detector(tiny_model)
 
 
-def png_bytes(seed: int = 0, shape=(96, 128)) -> bytes:
+def _png_bytes(seed: int = 0, shape=(96, 128)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray((np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
 
 
-CORRUPT_PNG = b"\x89PNG\r\n\x1a\n" + b"definitely not a png body"
+@pytest.fixture(scope="session")
+def png_bytes():
+    """``png_bytes(seed=0, shape=(96, 128))`` → bytes of a random grey PNG."""
+    return _png_bytes
+
+
+@pytest.fixture(scope="session")
+def corrupt_png() -> bytes:
+    """A file with the PNG signature and a garbage body."""
+    return b"\x89PNG\r\n\x1a\n" + b"definitely not a png body"
 
 
 @dataclass

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CORRUPT_PNG, png_bytes
 from medforensics.io import sample_dicoms
 
 
@@ -58,7 +57,7 @@ def test_tokens_are_hashed_at_rest_and_created_by_the_cli(tmp_path):
     assert res.exit_code == 2 and "--create-token" in res.output
 
 
-def test_oversize_upload_is_413(make_served):
+def test_oversize_upload_is_413(make_served, png_bytes):
     served = make_served(max_upload_bytes=20_000, max_files=2)
     big = png_bytes(shape=(400, 400))
     assert len(big) > 20_000
@@ -73,8 +72,8 @@ def test_oversize_upload_is_413(make_served):
     assert _upload(served, [("small.png", png_bytes(shape=(32, 32)))]).status_code == 200
 
 
-def test_batch_with_a_corrupt_file_is_scored_per_item_stored_and_deduplicated(served):
-    files = [("a.png", png_bytes(0)), ("broken.png", CORRUPT_PNG), ("c.png", png_bytes(1, (64, 64)))]
+def test_batch_with_a_corrupt_file_is_scored_per_item_stored_and_deduplicated(served, png_bytes, corrupt_png):
+    files = [("a.png", png_bytes(0)), ("broken.png", corrupt_png), ("c.png", png_bytes(1, (64, 64)))]
     r = _upload(served, files)
     assert r.status_code == 200
     body = r.json()
@@ -156,7 +155,7 @@ def test_nifti_volume_upload_scores_frames(served, tmp_path):
     assert len(item["scan"]["frames"]) == 5 and item["scan"]["score"] == pytest.approx(max(item["scan"]["frames"]))
 
 
-def test_server_paths_only_when_enabled_and_inside_allowed_roots(make_served, tmp_path):
+def test_server_paths_only_when_enabled_and_inside_allowed_roots(make_served, tmp_path, png_bytes):
     inside = tmp_path / "allowed"
     inside.mkdir()
     (inside / "x.png").write_bytes(png_bytes(3))
@@ -174,7 +173,7 @@ def test_server_paths_only_when_enabled_and_inside_allowed_roots(make_served, tm
     assert "absolute" in statuses[3][1]
 
 
-def test_request_deadline_turns_slow_items_into_errors(make_served, monkeypatch):
+def test_request_deadline_turns_slow_items_into_errors(make_served, monkeypatch, png_bytes):
     served = make_served(request_timeout_s=0.2)
     svc = served.app.state.service
     real = svc.scan_file
@@ -200,7 +199,7 @@ def test_page_is_self_contained(served):
     assert served.client.get("/openapi.json").json()["paths"]["/v1/scans"]["post"]["requestBody"]
 
 
-def test_upload_names_kept_only_with_store_phi_and_no_auth_only_on_loopback(make_served, tmp_path):
+def test_upload_names_kept_only_with_store_phi_and_no_auth_only_on_loopback(make_served, tmp_path, png_bytes):
     served = make_served(store_phi=True)
     item = _upload(served, [("named.png", png_bytes(9))]).json()["items"][0]
     assert item["scan"]["path"] == "named.png"

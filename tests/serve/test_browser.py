@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CORRUPT_PNG, png_bytes
-
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -56,7 +54,7 @@ def browser():
     driver.quit()
 
 
-def test_page_uploads_shows_verdicts_errors_and_heatmap(live_server, browser, tmp_path):
+def test_page_uploads_shows_verdicts_errors_and_heatmap(live_server, browser, tmp_path, png_bytes, corrupt_png):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -64,7 +62,7 @@ def test_page_uploads_shows_verdicts_errors_and_heatmap(live_server, browser, tm
     served, url = live_server
     good, bad = tmp_path / "chest.png", tmp_path / "broken.png"
     good.write_bytes(png_bytes(7, (160, 200)))
-    bad.write_bytes(CORRUPT_PNG)
+    bad.write_bytes(corrupt_png)
 
     browser.get(url + "/")
     wait = WebDriverWait(browser, 30)

@@ -42,7 +42,8 @@ common pipeline. Both then carry "stored at side s, maybe JPEG, bicubic to size"
 
 :func:`format_statistics_check` measures how well file-format statistics (dimensions, bit depth,
 colour mode, container format, JPEG quality, PNG zlib level, metadata chunks; and, reported apart,
-file size and bytes per pixel) predict the label; a properly built benchmark passes it.
+the content-dependent file size, bytes per pixel and IDAT chunk count) predict the label; a
+properly built benchmark passes it.
 """
 
 from __future__ import annotations
@@ -654,9 +655,10 @@ def _json_default(obj: Any) -> Any:
 
 #: container features: must carry no information about the label in a proper benchmark
 CONTAINER_FEATURES = ("format_png", "format_jpeg", "width", "height", "bit_depth", "channels", "jpeg_quality",
-                      "png_zlib_level", "png_idat_chunks", "metadata_chunks")
-#: content-dependent size features: reported apart (smooth images compress better, legitimately)
-SIZE_FEATURES = ("file_size", "bytes_per_pixel")
+                      "png_zlib_level", "metadata_chunks")
+#: content-dependent size features: reported apart (smooth images compress better, legitimately);
+#: encoders split IDAT data into fixed-size chunks, so the IDAT count follows the compressed size
+SIZE_FEATURES = ("file_size", "bytes_per_pixel", "png_idat_chunks")
 _BITS = {"1": 1, "L": 8, "P": 8, "RGB": 8, "RGBA": 8, "LA": 8, "CMYK": 8, "I;16": 16, "I;16B": 16, "I;16L": 16,
          "I": 32, "F": 32}
 _CRITICAL = {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
@@ -765,8 +767,9 @@ def format_statistics_check(
 
     Fails when any container feature, or a cross-validated logistic regression on all of them,
     separates the classes with AUC above ``tolerance`` — overall or within a modality with at
-    least ``min_per_class`` images per class. File size and bytes per pixel depend on image
-    content as well as on the file history; above ``size_warning`` they produce a warning.
+    least ``min_per_class`` images per class. File size, bytes per pixel and the number of PNG
+    IDAT chunks (:data:`SIZE_FEATURES`) depend on image content as well as on the file history;
+    above ``size_warning`` they produce a warning.
     """
     feats, labels, mods, errors = [], [], [], []
     for row in manifest:

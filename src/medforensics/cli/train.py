@@ -53,7 +53,11 @@ def train(
     config = _parse_options(options)
     if backbone is not None:
         config["backbone"] = backbone
-    det = create_detector(name, seed=seed, **config)
+    try:
+        det = create_detector(name, seed=seed, **config)
+    except (FileNotFoundError, KeyError, ValueError) as exc:  # e.g. backbone weights absent, bad option
+        console.print(f"[red]error:[/red] cannot create detector {name!r}: {exc}")
+        raise typer.Exit(2) from None
     data = prepare_supervised_data(m, workdir, seed=seed, tamper_fraction=tamper_fraction if det.supervised else 0.0)
     console.print(f"data: {json.dumps(data.summary)}")
     train_set, val_set = training_datasets(data, det.preprocessing, seed=seed, real_only=not det.supervised)

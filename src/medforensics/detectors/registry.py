@@ -12,7 +12,7 @@ _REGISTRY: dict[str, type[Detector]] = {}
 D = TypeVar("D", bound=type[Detector])
 
 #: Models shipped inside the package: name -> folder under ``medforensics/detectors/weights``.
-PRETRAINED = {"default": "forensic_cnn_default"}
+PRETRAINED = {"default": "forensic_cnn_default", "btd-ct": "btd_ct", "btd-mri": "btd_mri"}
 
 
 def register_detector(cls: D) -> D:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class ItemOutcome:
     record: Any = None  # ScanRecord (stored) or None
     cached: bool = False
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class ScanService:

@@ -60,8 +60,8 @@ def test_adapters_sit_beside_the_mlp_of_the_chosen_blocks():
         extra = adapter.forward_tokens(x)
         assert extra.shape == (2, 17, 32)
         torch.testing.assert_close(hooked, plain + extra)  # added to the MLP output
-        assert torch.equal(layers[1].mlp(x), plain * 0 + layers[1].mlp.fc2(layers[1].mlp.activation_fn(
-            layers[1].mlp.fc1(x))))  # block 1 has no adapter
+        mlp1 = layers[1].mlp
+        assert torch.equal(mlp1(x), mlp1.fc2(mlp1.activation_fn(mlp1.fc1(x))))  # block 1 has no adapter
         # the class token gets the grid mean of the fused fine-trace features
         z = adapter.down(x[:, 1:]).transpose(1, 2).reshape(2, 8, 4, 4)
         f = adapter.fuse(z)

@@ -271,6 +271,7 @@ class DSKIDetector(Detector):
         from ...eval.metrics import compute_metrics
 
         c = self.config
+        t0 = time.time()
         gen = seed_everything(self.seed)
         if self.model.text_base is None and c["head_init"] == "prototypes":
             self.init_head_from_prototypes(train)
@@ -283,7 +284,7 @@ class DSKIDetector(Detector):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if c["lr_schedule"] == "cosine" else None
         use_amp = self.device.type == "cuda" and c["amp"] in ("auto", True)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        best, history, t0 = BestState(), [], time.time()
+        best, history = BestState(), []
         for epoch in range(c["epochs"]):
             if hasattr(train, "set_epoch"):
                 train.set_epoch(epoch)
