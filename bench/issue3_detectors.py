@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                     epochs = args.epochs
                 det, config = build_detector(name, epochs, overrides.get(name, {}), args.quick, args.seed, log)
                 entry["config_requested"] = config
-                print(f"[{name}] training ({len(data.train)} train / {len(data.val)} val images, {epochs} epochs)", flush=True)
+                print(f"[{name}] training ({len(data.train)} train / {len(data.val)} val images, "
+                      f"{epochs if epochs is not None else 'its default'} epochs)", flush=True)
                 train_set, val_set = training_datasets(data, det.preprocessing, seed=args.seed,
                                                        real_only=not det.supervised)
                 det.fit(train_set, val_set)

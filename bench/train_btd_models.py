@@ -148,7 +148,8 @@ def card_for(det, command: str, result: dict) -> str:
     ]
     roi = r["centred_roi"]
     out += [f"- Paper protocol: the {det.patch_size}×{det.patch_size} patch centred on the tampered region vs. the same "
-            f"patch of the untouched source scan (paired), τ as above:"]
+            f"patch of the untouched source scan (paired). τ was calibrated on whole-image scores, so read only "
+            f"AUC/EER here (TPR/TNR@τ do not apply to patch scores):"]
     for region, label in (("full", "whole patch"), ("center", "central 32×32")):
         for kind in ("inject", "remove"):
             out.append(f"  - {label}, {'injection' if kind == 'inject' else 'removal'}: {fmt(roi[region][kind])}")

@@ -28,7 +28,7 @@ def test_synth_train_then_sample(tiny_manifest, tmp_path):
     data = info["training"]["data"]
     assert data["split"] == "train" and data["modality"] == "xray" and data["n_images"] == len(train_rows) < 6
     assert info["step"] == 3 and info["config"]["base_width"] == 8
-    assert (model / "samples.png").is_file() and (model / "checkpoints" / "step-00000003").is_dir()
+    assert (model / "samples.png").is_file() and (model / "checkpoints" / "step-00000003" / "state.json").is_file()
 
     res = runner.invoke(app, args)  # the model exists: refused
     assert res.exit_code == 2 and "--force" in res.output

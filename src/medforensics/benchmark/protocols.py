@@ -20,7 +20,6 @@ on top of the view, to real and fake alike.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -466,7 +465,3 @@ PROTOCOL_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "few_shot": run_few_shot,
     "robustness": run_robustness,
 }
-
-
-def finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -427,8 +427,10 @@ def write_report(
     plots.update(degradation_plots(units, plot_dir))
     plots.update(few_shot_plot(units, plot_dir))
     grids = sorted((_bench_dir(out, manifest) / "grids").glob("*.png")) if manifest is not None else []
-    for g in grids:
-        plots[f"Sample strip: {g.stem} (benchmark images, 8 per generator / real modality)"] = g
+    factory = {r.generator for r in manifest or [] if r.extra.get("role", "factory" if r.label == "fake" else "") == "factory"}
+    for g in grids:  # reals and factory generators (published strips stay in the benchmark's grids/ folder)
+        if g.stem.startswith("real-") or g.stem in factory:
+            plots[f"Sample strip: {g.stem} (8 benchmark images, 256 px shown at 96 px)"] = g
     html_tables: dict[str, Any] = {}
     if manifest is not None and len(manifest):
         html_tables.update(benchmark_tables(out, manifest))

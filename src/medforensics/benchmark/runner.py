@@ -44,9 +44,10 @@ from .build import (
     BuildOptions,
     benchmark_split,
     build_benchmark,
+    format_statistics_check,
     load_real_manifest,
 )
-from .config import MODALITIES, DetectorSpec, GeneratorInstance, RunConfig, spec_hash
+from .config import DetectorSpec, GeneratorInstance, RunConfig, spec_hash
 from .protocol import ScoredSet
 from .protocols import PROTOCOL_FUNCTIONS, rank_key, run_ablations, score_rows
 
@@ -309,7 +310,11 @@ class BenchmarkRunner:
         info = _read_json(bench_dir / BUILD_FILE)
         if info is not None and info.get("build_key") == build_key and (bench_dir / MANIFEST_FILE).is_file():
             self.log(f"[build] benchmark up to date: {bench_dir}")
-            return Manifest.read(bench_dir / MANIFEST_FILE)
+            manifest = Manifest.read(bench_dir / MANIFEST_FILE)
+            fmt = format_statistics_check(manifest).to_dict()  # cheap; keeps the report's check current
+            if fmt != info.get("format_check"):
+                _atomic_json(bench_dir / BUILD_FILE, {**info, "format_check": fmt})
+            return manifest
         self.log(f"[build] assembling the benchmark in {bench_dir}")
         result = build_benchmark(reals, fakes, bench_dir, imported=imported, options=options, sources=sources,
                                  overwrite=True, show_progress=self.show_progress)
@@ -407,4 +412,4 @@ def run_config(
     return BenchmarkRunner(cfg, out, resume=resume, force=force, show_progress=show_progress, log=log).run()
 
 
-__all__ = ["BenchmarkRunner", "MODALITIES", "run_config"]
+__all__ = ["BenchmarkRunner", "run_config"]

@@ -32,7 +32,7 @@ def train(
     checkpoint_every: int | None = typer.Option(None, help="Checkpoint interval in steps (default steps/10)."),
     resume: bool = typer.Option(True, help="Continue from the newest checkpoint in OUT/checkpoints "
                                 "(--force --no-resume deletes them and starts over)."),
-    grid: int = typer.Option(16, help="Samples in the PNG grids written after training (0: none)."),
+    grid: int = typer.Option(16, help="Samples in the grid OUT/samples.png written after training (0: none)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing model directory."),
 ) -> None:
@@ -82,7 +82,7 @@ def train(
                   f"{modality} images ({split} split) at {resolution}×{resolution}, {steps} steps × {batch_size}")
     try:
         summary = gen.fit(images, steps=steps, batch_size=batch_size, checkpoint_dir=out / "checkpoints", resume=resume,
-                          progress=progress, checkpoint_every=checkpoint_every, grid=grid)
+                          progress=progress, checkpoint_every=checkpoint_every, grid=0)
     except (ValueError, FileExistsError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None

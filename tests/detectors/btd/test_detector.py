@@ -183,3 +183,16 @@ def test_patch_size_follows_the_training_modality():
     assert det.config["patch_size"] == 128 and det.window == 128
     assert summary["train_patch"] == 32 and summary["patch_size"] == 128
     assert det.calibration["method"] == "fpr_on_real_train" and "warning" in det.calibration
+
+
+@pytest.mark.parametrize("name, patch", [("btd-ct", 96), ("btd-mri", 128)])
+def test_shipped_models_load_by_name(name, patch):
+    from medforensics.detectors.registry import pretrained_dir
+
+    det = load_detector(name)
+    assert isinstance(det, BTDDetector) and det.patch_size == patch and det.preprocessing.channels == 1
+    assert 0 < det.threshold < 1 and det.calibration["method"] == "fpr_on_real_val" and det.map_scale > 0
+    assert "BTD measurements" in (pretrained_dir(name) / "MODEL_CARD.md").read_text()
+    x = np.stack([smooth(np.random.default_rng(0), 256)])
+    out = det.analyse(x)
+    assert out["score"].shape == (1,) and 0 <= out["score"][0] <= 1 and out["map"].shape == (1, 256, 256)

@@ -89,10 +89,14 @@ def test_gan_bce_loss_and_32px():
     assert gen.sample(2).shape == (2, 32, 32)
 
 
-def test_diffusion_sampling_steps_are_configurable():
-    gen = create_generator("diffusion", resolution=16, **{**TINY_CONFIGS["diffusion"], "sampling_steps": 2})
-    assert gen.describe_sampler() == "ddim-2"
+def test_diffusion_options_sampling_steps_and_epsilon_target():
+    gen = create_generator("diffusion", resolution=16,
+                           **{**TINY_CONFIGS["diffusion"], "sampling_steps": 2, "prediction_type": "epsilon"})
+    assert gen.describe_sampler() == "ddim-2" and gen.ddpm.config.prediction_type == "epsilon"
+    gen.fit(_images(), steps=1, batch_size=2, progress=False)
     assert gen.sample(1).shape == (1, 16, 16)
+    with pytest.raises(ValueError, match="prediction_type"):
+        create_generator("diffusion", resolution=16, prediction_type="sample")
 
 
 def test_bad_inputs_give_clear_errors():

@@ -1,9 +1,13 @@
 """DDPM generators (``diffusers``): pixel-space ``diffusion`` and ``latent_diffusion`` over a VAE.
 
-Training (Ho et al., DDPM): x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε with t ~ U{0, T−1}, ε ~ N(0, I);
-the U-Net ε_θ(x_t, t) minimises ‖ε − ε_θ(x_t, t)‖² (``prediction_type="epsilon"``; or the
-v-target with ``"v_prediction"``). Images are scaled to [−1, 1]. An exponential moving average
-of the weights (``ema_decay``, warm-up min(decay, (1+s)/(10+s))) is what samples.
+Training (Ho et al., DDPM): x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε with t ~ U{0, T−1}, ε ~ N(0, I).
+The U-Net predicts v = √ᾱ_t · ε − √(1 − ᾱ_t) · x_0 (Salimans & Ho, ``prediction_type=
+"v_prediction"``, default) and minimises ‖v − v_θ(x_t, t)‖², or predicts ε and minimises
+‖ε − ε_θ(x_t, t)‖² (``"epsilon"``, the original DDPM target). The default is v because with ε
+the image content at large t is learnt only through a signal scaled by √ᾱ_T ≈ 0.006: after a few
+hundred CPU steps an ε-model's samples were mid-grey noise where a v-model's were already dark
+images with a bright body. Images are scaled to [−1, 1]. An exponential moving average of the
+weights (``ema_decay``, warm-up min(decay, (1+s)/(10+s))) is what samples.
 
 Sampling: DDIM (Song et al.) over ``sampling_steps`` (default 50) timesteps of the trained
 schedule, deterministic with ``eta=0``.
@@ -61,7 +65,7 @@ UNET_DEFAULTS: dict[str, Any] = {
     "attention_head_dim": 8,
     "num_train_timesteps": 1000,
     "beta_schedule": "linear",
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",
     "sampling_steps": 50,
     "eta": 0.0,
     "lr": 2e-4,
