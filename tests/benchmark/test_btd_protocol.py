@@ -115,7 +115,8 @@ def test_protocol_table_with_intervals_pixel_auc_and_ablations(tmp_path):
     data = json.loads(written["json"].read_text())
     assert data["table1"]["btd"]["injection·MRI·inject"]["auc"]["mean"] == 1.0
     assert "Table 1" in written["markdown"].read_text() and written["d_ablation_png"].stat().st_size > 0
-    assert written["table1_auc"].read_text().startswith("detector,column")
+    assert written["table1"].read_text().startswith("detector,column") and "eer_lo" in written["table1"].read_text()
+    assert not (tmp_path / "table1_eer.csv").exists()
 
 
 def test_load_patches_and_training_patches(tmp_path):

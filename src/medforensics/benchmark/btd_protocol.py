@@ -372,7 +372,10 @@ class BTDProtocolResult:
         written["json"].write_text(json.dumps(_clean(self.to_dict()), indent=2))
         written["markdown"].write_text(self.markdown())
         for name, table in self.tables().items():
-            written[name] = table.to_csv(out_dir / f"{name}.csv")
+            if name == "table1_eer":  # the same records as table1_auc (AUC, EER and intervals in each row)
+                continue
+            stem = "table1" if name == "table1_auc" else name
+            written[stem] = table.to_csv(out_dir / f"{stem}.csv")
         if plots:
             written.update(self.write_plots(out_dir))
         return written
