@@ -298,8 +298,6 @@ def fewshot_markdown(fs: dict[str, Any]) -> str:
         name = gen + ("" if info["anatomy_matched"] else " †")
         lines.append(f"| {name} | {info['modality']} | {info['n_eval']} | "
                      + " | ".join(cell(fs["curve"][k]["per_generator"].get(gen)) for k in ks) + " |")
-    lines.append("| all (pooled, generators with that k) | | | "
-                 + " | ".join(cell(fs["curve"][k]["pooled_feasible_generators"]) for k in ks) + " |")
     def dcell(d: dict[str, Any]) -> str:
         if not d.get("n_generators") or d.get("auc") is None:
             return "-"
@@ -335,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only run the few-shot curve(s) on this saved DSKI model dir (same split/budget), "
                     "written to OUT/fewshot.{md,json}")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (a minute or two)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="re-render OUT/results.{md,json} from OUT/results.json and RUNS/scores_*.json (no scoring)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -393,13 +393,26 @@ def main(argv: list[str] | None = None) -> int:
                                                            "curves": curves}, indent=2, default=_json_default))
         print("\n".join(text))
         return 0
+    if args.render_only:
+        prev_path = args.out / "results.json"
+        if not prev_path.is_file():
+            ap.error(f"--render-only: {prev_path} does not exist (run the benchmark first)")
+        payload = json.loads(prev_path.read_text())
+        if payload.get("images_used") != used:
+            ap.error(f"--render-only: {prev_path} was made with other images ({payload.get('images_used')}); "
+                     "pass the same --quick / --max-* options as that run")
+        scores_by_det: dict[str, dict[str, dict[str, float]]] = {}
+        labels_by_path: dict[str, int] = {}
+        for name, entry in payload["detectors"].items():
+            path = args.runs / f"scores_{name}.json"
+            if entry.get("evaluation") and path.is_file():
+                add_scores(name, json.loads(path.read_text()), test_rows, manifest, scores_by_det, labels_by_path)
+        write_report(payload, scores_by_det, labels_by_path, mismatched, args)
+        return 0
     registered = list_detectors()
     results: dict[str, Any] = {}
-    scores_by_det: dict[str, dict[str, dict[str, float]]] = {}
-    labels_by_path: dict[str, int] = {}
-    table_rows: dict[str, dict[str, Any]] = {}
-    auc_rows: dict[str, dict[str, Any]] = {}
-    gen_rows: dict[str, dict[str, Any]] = defaultdict(dict)
+    scores_by_det = {}
+    labels_by_path = {}
     fewshot: dict[str, Any] = {}
     for name in names:
         reg = SPECS[name][0]
@@ -447,21 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             entry["evaluation"] = strip_scores(ev.views)
             if model_dir is not None:
                 (model_dir / "MODEL_CARD.md").write_text(render_model_card(det, command=command, evaluation=ev))
-            for view, vr in ev.views.items():
-                for subset in ("all fakes", "anatomy-matched"):
-                    per_mod = {k: v for k, v in vr[subset]["per_modality"].items() if k != "all"}
-                    table_rows[f"{name} · {view} · {subset}"] = per_mod
-                    auc_rows[f"{name} · {view} · {subset}"] = per_mod
-                for gen, metrics in vr["per_generator"].items():
-                    gen_rows[gen + (" †" if gen in mismatched else "")][f"{name} · {view}"] = metrics
-                scores_by_det.setdefault(name, {})[view] = {s["path"]: s["score"] for s in vr["scores"]}
-                for s in vr["scores"]:
-                    labels_by_path[s["path"]] = int(s["label"] == "fake")
-                keep = {s["path"] for s in vr["scores"] if s["label"] == "real" or
-                        anatomy_matched(test_rows[s["path"]], manifest)}
-                scores_by_det[name][view + "·anatomy"] = {p: v for p, v in scores_by_det[name][view].items() if p in keep}
-            with (args.runs / f"scores_{name}.json").open("w") as fh:
-                json.dump({v: r["scores"] for v, r in ev.views.items()}, fh)
+            view_scores = {v: r["scores"] for v, r in ev.views.items()}
+            add_scores(name, view_scores, test_rows, manifest, scores_by_det, labels_by_path)
+            (args.runs / f"scores_{name}.json").write_text(json.dumps(view_scores))
             print(ev.markdown["per_modality"], flush=True)
             if reg == "dski" and hasattr(det, "add_to_bank"):
                 if det.config.get("use_mfrm", True) is False:
@@ -480,27 +481,72 @@ def main(argv: list[str] | None = None) -> int:
         entry["seconds"] = round(time.time() - t0, 1)
 
     # ------------------------------------------------------------------ tables and the question
+    payload = {
+        "budget": budget, "quick": args.quick, "wall_seconds": round(time.time() - t_start, 1),
+        "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+        "split_full_recipe": full.summary, "images_used": used, "detectors": results, "fewshot": fewshot or None,
+        "notes": log,
+    }
+    write_report(payload, scores_by_det, labels_by_path, mismatched, args)
+    print(f"→ {args.out / 'results.md'}, {args.out / 'results.json'}; models and per-image scores under {args.runs}")
+    return 0 if not any("error" in r for r in results.values()) else 1
+
+
+def add_scores(name: str, view_scores: dict[str, list[dict[str, Any]]], test_rows: dict[str, ManifestRow],
+               reference: Manifest, scores_by_det: dict[str, dict[str, dict[str, float]]],
+               labels_by_path: dict[str, int]) -> None:
+    """Per-image scores of one detector by view, plus ``<view>·anatomy`` (anatomy-mismatched fakes dropped)."""
+    for view, rows in view_scores.items():
+        scores_by_det.setdefault(name, {})[view] = {s["path"]: s["score"] for s in rows}
+        for s in rows:
+            labels_by_path[s["path"]] = int(s["label"] == "fake")
+        keep = {s["path"] for s in rows if s["label"] == "real" or
+                (s["path"] in test_rows and anatomy_matched(test_rows[s["path"]], reference))}
+        scores_by_det[name][view + "·anatomy"] = {p: v for p, v in scores_by_det[name][view].items() if p in keep}
+
+
+def write_report(payload: dict[str, Any], scores_by_det: dict[str, dict[str, dict[str, float]]],
+                 labels_by_path: dict[str, int], mismatched: set[str], args: argparse.Namespace) -> None:
+    """Tables, the pretrained-vs-scratch answer and few-shot curves → OUT/results.{md,json} (and stdout)."""
+    results, budget = payload["detectors"], payload["budget"]
+    table_rows: dict[str, dict[str, Any]] = {}
+    gen_rows: dict[str, dict[str, Any]] = defaultdict(dict)
+    for name, entry in results.items():
+        for view, vr in (entry.get("evaluation") or {}).items():
+            for subset in ("all fakes", "anatomy-matched"):
+                table_rows[f"{name} · {view} · {subset}"] = {k: v for k, v in vr[subset]["per_modality"].items()
+                                                            if k != "all"}
+            for gen, metrics in vr["per_generator"].items():
+                gen_rows[gen + (" †" if gen in mismatched else "")][f"{name} · {view}"] = metrics
     md: list[str] = []
     if table_rows:
         md += ["## Per modality, Acc/AP (%) at the calibrated τ (bootstrap mean)", "",
                metric_table(table_rows, estimate="mean").markdown, "",
                "## Per modality, AUC [95% interval]", "",
-               metric_table(auc_rows, intervals="auc", estimate="mean").markdown, "",
+               metric_table(table_rows, intervals="auc", estimate="mean").markdown, "",
                "## Per generator, Acc/AP (%) (fakes of one generator vs. the reals of its modality)", "",
                metric_table(gen_rows, mean=False, estimate="mean").markdown,
                "† anatomy-mismatched: no real image of the same anatomy in its modality.", ""]
     answer = answer_pretrained_question(scores_by_det, labels_by_path, budget["n_boot"] * 10, args.seed, results)
     md += ["## Do pretrained features (EfficientNet-Lite0) beat the foundation's from-scratch CNN?", "", answer["text"], ""]
-    for name, fs in fewshot.items():
-        md += [f"## Few-shot bank curve: {name}, β = {fs['beta']} ({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
-    wall = round(time.time() - t_start, 1)
+    for name, fs in (payload.get("fewshot") or {}).items():
+        beta = f", β = {fs['beta']:g}" if fs.get("beta") is not None else ""
+        md += [f"## Few-shot bank curve: {name}{beta} ({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
+    extra = args.out / "fewshot.json"
+    if extra.is_file():  # α-sensitivity curves written by --fewshot-model (same split and budget)
+        other = json.loads(extra.read_text())
+        if other.get("images_used") == payload["images_used"]:
+            for label, fs in other["curves"].items():
+                md += [f"## Few-shot bank curve: saved model {other['model']}, {label}, β = {fs.get('beta')} "
+                       f"({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
+    wall, used, full = payload["wall_seconds"], payload["images_used"], payload["split_full_recipe"]
     header = [
         "# Issue 3 detectors on ../shared/data", "",
-        f"- Budget: {'quick smoke run' if args.quick else 'full CPU budget'}; torch threads {torch.get_num_threads()}; "
-        f"total wall time {wall} s ({wall / 60:.1f} min) on {platform.processor() or platform.machine()}.",
-        f"- Images used (stratified subsamples{', all published fakes kept' if not args.quick else ''}): "
+        f"- Budget: {'quick smoke run' if payload['quick'] else 'full CPU budget'}; torch threads "
+        f"{payload['torch_threads']}; total wall time {wall} s ({wall / 60:.1f} min) on {payload.get('machine', '?')}.",
+        f"- Images used (stratified subsamples{', all published fakes kept' if not payload['quick'] else ''}): "
         f"{json.dumps(used)}; full recipe split: "
-        f"{json.dumps({k: v for k, v in full.summary.items() if k in ('train', 'val', 'test')})}.",
+        f"{json.dumps({k: v for k, v in full.items() if k in ('train', 'val', 'test')})}.",
         "- Epochs / seconds: " + "; ".join(
             f"{n}: {r.get('epochs', '-')} ep (best {r.get('best_epoch', '-')}), train {r.get('train_seconds', '-')} s, "
             f"eval {r.get('eval_seconds', '-')} s" if "skipped" not in r else f"{n}: skipped ({r['skipped']})"
@@ -509,28 +555,28 @@ def main(argv: list[str] | None = None) -> int:
         f"others are trained here within the budget above. Bootstrap: {budget['n_boot']} class-balanced iterations.",
         f"- DSKI trained with the budget recipe {json.dumps(DSKI_BUDGET_RECIPE)} (the paper's SGD lr 1e-4 × 50 epochs "
         "does not fit the CPU budget); backbone frozen, adapters + head trained.",
-        *(f"- Note: {line}" for line in log),
+        *(f"- Note: {line}" for line in payload.get("notes", [])),
         *(f"- {n} FAILED: {r['error']}" for n, r in results.items() if "error" in r),
         "",
     ]
     markdown = "\n".join(header + md)
     (args.out / "results.md").write_text(markdown)
-    payload = {
-        "budget": budget, "quick": args.quick, "wall_seconds": wall, "torch_threads": torch.get_num_threads(),
-        "split_full_recipe": full.summary, "images_used": used, "detectors": results, "answer": answer,
-        "fewshot": fewshot or None, "notes": log,
-    }
-    (args.out / "results.json").write_text(json.dumps(payload, indent=2, default=_json_default))
+    payload = {**payload, "answer": answer}
+    (args.out / "results.json").write_text(json.dumps(_rounded(payload), indent=1, default=_json_default) + "\n")
     print("\n" + markdown)
-    print(f"→ {args.out / 'results.md'}, {args.out / 'results.json'}; models and per-image scores under {args.runs}")
-    return 0 if not any("error" in r for r in results.values()) else 1
+
+
+def _verdict(d: dict[str, float]) -> str:
+    if not math.isfinite(d["lo"]):
+        return "n/a"
+    return "better" if d["lo"] > 0 else "worse" if d["hi"] < 0 else "no significant difference"
 
 
 def answer_pretrained_question(scores: dict[str, dict[str, dict[str, float]]], labels: dict[str, int], n_boot: int,
                                seed: int, results: dict[str, Any]) -> dict[str, Any]:
-    """Paired AUC differences (pretrained − forensic_cnn), matched view, anatomy-matched and all fakes."""
+    """Paired AUC differences on the matched view (anatomy-matched and all fakes): every detector −
+    forensic_cnn, and, at equal training budget, each pretrained detector − each from-scratch one trained here."""
     out: dict[str, Any] = {"comparisons": {}}
-    lines = []
     if FROM_SCRATCH not in scores:
         out["text"] = f"Not answered: `{FROM_SCRATCH}` was not evaluated in this run."
         return out
@@ -541,37 +587,54 @@ def answer_pretrained_question(scores: dict[str, dict[str, dict[str, float]]], l
         out["text"] = f"Not answered: no pretrained detector was evaluated in this run: {missing}."
         return out
     others = [n for n in scores if n not in PRETRAINED and n != FROM_SCRATCH]
-    lines.append("Paired, class-stratified bootstrap of the AUC difference on the same test images, *matched* view "
-                 "(identical resize round trip + JPEG for all images), pooled over modalities:")
-    lines.append("")
-    lines.append("| comparison | subset | ΔAUC | 95% CI | n real / fake | verdict |")
-    lines.append("|---|---|---:|---:|---:|---|")
-    for a in pretrained + others:
+    scratch_here = [n for n in others if n in ("npr", "f3net")]
+    pairs = [(a, FROM_SCRATCH) for a in pretrained + others] + [(a, b) for a in pretrained for b in scratch_here]
+    table = ["| comparison | subset | ΔAUC | 95% CI | n real / fake | verdict |", "|---|---|---:|---:|---:|---|"]
+    for a, b in pairs:
+        if b != FROM_SCRATCH and (a, b) == (pretrained[0], scratch_here[0]):
+            table.append("| *equal budget (trained here):* | | | | | |")
         for subset, key in (("anatomy-matched", "matched·anatomy"), ("all fakes", "matched")):
-            d = paired_auc_difference(scores[a][key], scores[FROM_SCRATCH][key], labels, n_boot, seed)
-            verdict = ("better" if d["lo"] > 0 else "worse" if d["hi"] < 0 else "no significant difference") \
-                if math.isfinite(d["lo"]) else "n/a"
-            out["comparisons"][f"{a} vs {FROM_SCRATCH} · {subset}"] = {**d, "verdict": verdict}
-            lines.append(f"| {a} − {FROM_SCRATCH} | {subset} | {d['delta_auc']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
+            d = paired_auc_difference(scores[a][key], scores[b][key], labels, n_boot, seed)
+            verdict = _verdict(d)
+            out["comparisons"][f"{a} vs {b} · {subset}"] = {**d, "verdict": verdict}
+            table.append(f"| {a} − {b} | {subset} | {d['delta_auc']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
                          f"{d.get('n_real', '-')} / {d.get('n_fake', '-')} | {verdict} |")
     main_verdicts = {a: out["comparisons"][f"{a} vs {FROM_SCRATCH} · anatomy-matched"]["verdict"] for a in pretrained}
     if all(v == "better" for v in main_verdicts.values()):
         summary = "Yes"
     elif all(v == "worse" for v in main_verdicts.values()):
-        summary = "No — the from-scratch CNN is better"
+        summary = f"No — the from-scratch `{FROM_SCRATCH}` is better"
     elif any(v == "better" for v in main_verdicts.values()):
         summary = "Partly"
     else:
         summary = "No significant advantage"
-    lines.insert(0, f"**{summary}** (matched view, anatomy-matched fakes: "
-                 + ", ".join(f"{a}: {v}" for a, v in main_verdicts.items()) + ").")
-    lines.insert(1, "")
-    lines.append("")
-    lines.append(f"Caveat: `{FROM_SCRATCH}` is the shipped model trained on the full training split for 14 epochs; the "
-                 "other detectors were trained here within the CPU budget stated above.")
+    lines = [f"**{summary}** (matched view, anatomy-matched fakes, vs. the shipped `{FROM_SCRATCH}`: "
+             + ", ".join(f"{a} {v}" for a, v in main_verdicts.items()) + ").", ""]
+    if scratch_here:
+        equal = {f"{a} vs {b}": out["comparisons"][f"{a} vs {b} · anatomy-matched"]["verdict"]
+                 for a in pretrained for b in scratch_here}
+        lines += ["At equal training budget (same images and CPU budget, trained in this run): "
+                  + ", ".join(f"{k}: {v}" for k, v in equal.items()) + ".", ""]
+        out["equal_budget"] = equal
+    lines += ["Paired, class-stratified bootstrap of the AUC difference on the same test images, *matched* view "
+              "(identical resize round trip + JPEG for all images), pooled over modalities:", "", *table, "",
+              f"Caveat: `{FROM_SCRATCH}` is the shipped model trained on the full training split for 14 epochs (~45 min);"
+              " the other detectors were trained here within the CPU budget stated above."]
     out["summary"] = summary
     out["text"] = "\n".join(lines)
     return out
+
+
+def _rounded(obj: Any, digits: int = 4) -> Any:
+    """Floats rounded for a compact JSON (NaN/inf become null)."""
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return round(v, digits) if math.isfinite(v) else None
+    if isinstance(obj, dict):
+        return {str(k): _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -62,7 +62,7 @@ def test_outputs_csv_json_markdown_html_plots(full_run):
     md = (res / "tables.md").read_text()
     assert "| Detector | endoscopy | xray | Mean |" in md  # Table 2 layout: modalities + Mean
     assert "forensic_cnn · plain" in md and "forensic_cnn · matched" in md
-    for section in ("Leave-one-generator-out", "Leave-one-family-out", "Factory → published", "Few-shot",
+    for section in ("Leave-one-generator-out", "Leave-one-family-out", "Factory → published generators", "Few-shot",
                     "Robustness", "Ablations", "Format-statistics check"):
         assert section in md
     html = (res / "report.html").read_text()

@@ -160,18 +160,27 @@ def build_tables(units: list[dict[str, Any]]) -> dict[str, MetricTable]:
                     rows.setdefault(f"{det} · {view}", {})[part] = res["all"]
         tables[f"{title}: Acc/AP on the held-out part"] = _table(rows, title)
         tables[f"{title}: AUC [95% CI] on the held-out part"] = _table(rows, title, intervals="auc")
-    rows = {}
+    pooled: dict[str, dict[str, Any]] = {}
+    per_gen: dict[str, dict[str, Any]] = {}  # transposed: one row per published generator
     mismatched: set[str] = set()
     for u in _ok(units, "published"):
         det = _parts(u["unit"])[1]
         mismatched |= set(u.get("anatomy_mismatched", []))
         for tset, views in u.get("test_sets", {}).items():
             for view, res in views.items():
-                rows[f"{det} · {view} · vs {tset}"] = {
-                    g + (" †" if g in mismatched else ""): m for g, m in res.get("per_generator", {}).items()}
-    tables["Factory → published generators: AUC [95% CI] per generator († anatomy-mismatched)"] = _table(
-        rows, "published", intervals="auc")
-    tables["Factory → published generators: Acc/AP per generator"] = _table(rows, "published")
+                col = f"{det} · {view} · vs {tset}"
+                if "all" in res:
+                    pooled.setdefault(col, {})["all published fakes"] = res["all"]
+                for g, m in res.get("per_generator", {}).items():
+                    per_gen.setdefault(g + (" †" if g in mismatched else ""), {})[col] = m
+    tables["Factory → published generators: AUC [95% CI], all published fakes pooled"] = _table(
+        pooled, "published", intervals="auc", mean=False)
+    tables["Factory → published generators: Acc/AP, all published fakes pooled"] = _table(pooled, "published",
+                                                                                          mean=False)
+    by_gen = _table(dict(sorted(per_gen.items())), "published", intervals="auc", mean=False)
+    if by_gen is not None:
+        by_gen.header[0] = "Published generator († anatomy-mismatched)"
+    tables["Factory → published generators: AUC [95% CI] per generator"] = by_gen
     rows = {}
     for u in _ok(units, "few_shot"):
         _, det, g = _parts(u["unit"])
