@@ -1,7 +1,7 @@
 """Issue 5: build the development benchmark from ../shared/data and run every protocol.
 
     nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/issue5_benchmark.py --quick 1 \
-        --out runs/bench/dev-quick --json bench/results/issue5_quick.json
+        --out runs/bench/dev-quick --json bench/results/issue5_quick_run.json
 
 Prints the generator training/sampling times, the format-statistics check and the result tables
 (Markdown), and writes them as JSON. The run is resumable (``--resume``); ``--quick F`` uses the

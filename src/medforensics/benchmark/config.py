@@ -5,9 +5,10 @@ or ``benchmark``: an existing benchmark manifest), which detectors to compare, a
 protocols to run. Every section is optional except a source of data. Unknown keys are errors
 (a misspelt option silently ignored would change what a run measures).
 
-``scaled(config, factor)`` multiplies every size-like number (generator steps, samples, images
-per class, detector epochs, bootstrap iterations) by ``factor`` with sensible floors: the
-``--quick`` runs of ``medforensics bench run``.
+``--quick F`` (``RunConfig.load(path, quick=F)``) first merges the file's ``quick_overrides``
+mapping into it (smaller networks, fewer hold-outs…), then ``scaled(config, F)`` multiplies every
+size-like number (generator steps, samples, images per class, detector epochs, bootstrap
+iterations) by ``F`` with sensible floors.
 """
 
 from __future__ import annotations
