@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     t_start = time.time()
+    load_start = os.getloadavg()[0]
     budget = dict(BUDGETS["quick" if args.quick else "full"])
     for key in ("max_train", "max_val", "max_test", "n_boot"):
         if getattr(args, key) is not None:
@@ -485,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "budget": budget, "quick": args.quick, "wall_seconds": round(time.time() - t_start, 1),
         "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
         "split_full_recipe": full.summary, "images_used": used, "detectors": results, "fewshot": fewshot or None,
-        "notes": log,
+        "notes": log, "load_average": {"start": load_start, "end": os.getloadavg()[0]},
     }
     write_report(payload, scores_by_det, labels_by_path, mismatched, args)
     print(f"→ {args.out / 'results.md'}, {args.out / 'results.json'}; models and per-image scores under {args.runs}")
@@ -543,7 +545,10 @@ def write_report(payload: dict[str, Any], scores_by_det: dict[str, dict[str, dic
     header = [
         "# Issue 3 detectors on ../shared/data", "",
         f"- Budget: {'quick smoke run' if payload['quick'] else 'full CPU budget'}; torch threads "
-        f"{payload['torch_threads']}; total wall time {wall} s ({wall / 60:.1f} min) on {payload.get('machine', '?')}.",
+        f"{payload['torch_threads']}; total wall time {wall} s ({wall / 60:.1f} min) on "
+        f"{payload.get('machine') or platform.machine()}, {os.cpu_count()} cores"
+        + (f", load average {payload['load_average']['start']:.1f} at start / {payload['load_average']['end']:.1f} "
+           "at end (cores shared with other sessions)" if payload.get("load_average") else "") + ".",
         f"- Images used (stratified subsamples{', all published fakes kept' if not payload['quick'] else ''}): "
         f"{json.dumps(used)}; full recipe split: "
         f"{json.dumps({k: v for k, v in full.items() if k in ('train', 'val', 'test')})}.",

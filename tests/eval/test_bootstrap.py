@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from medforensics.eval import balanced_sample_indices, bootstrap_metrics
+from medforensics.eval import balanced_sample_indices, bootstrap_metrics, compute_metrics
+from medforensics.eval import bootstrap as bootstrap_mod
+from medforensics.eval.bootstrap import batch_metrics, summarize
 
 
 def _decent(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -120,3 +122,88 @@ def test_bad_arguments() -> None:
         bootstrap_metrics(labels, scores, n_iter=0)
     with pytest.raises(ValueError, match="ci"):
         bootstrap_metrics(labels, scores, ci=95)
+
+
+# ----------------------------------------------------------------------------- fast (vectorised) path
+TARGETS = (0.01, 0.05, 0.1, 0.3)
+
+
+def _tied(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Imbalanced labels and scores with many ties (a coarse grid, some exact 0.5 at the threshold)."""
+    labels = (rng.random(n) < 0.35).astype(int)
+    scores = np.round(np.clip(rng.normal(0.4 + 0.2 * labels, 0.2), 0, 1) * rng.choice([4, 10, 1000]), 0)
+    scores = scores / scores.max() if scores.max() > 0 else scores
+    return labels, scores
+
+
+def test_batch_metrics_equal_sklearn_and_compute_metrics_with_ties() -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(7)
+    labels, scores = _tied(400, rng)
+    idx = rng.integers(0, labels.size, size=(25, 300))  # 25 resamples (imbalanced, tied)
+    idx[0] = np.arange(300)
+    lab, sc = labels[idx], scores[idx]
+    sc[1] = 0.5  # one resample where every score ties (at the threshold)
+    fast = batch_metrics(lab, sc, threshold=0.5, fpr_targets=TARGETS)
+    for b in range(idx.shape[0]):
+        ref = compute_metrics(lab[b], sc[b], threshold=0.5, fpr_targets=TARGETS)
+        for key, col in fast.items():
+            assert col[b] == pytest.approx(ref[key], abs=1e-12, rel=0), (b, key)
+        assert fast["auc"][b] == pytest.approx(roc_auc_score(lab[b], sc[b]), abs=1e-12, rel=0)
+        assert fast["ap"][b] == pytest.approx(average_precision_score(lab[b], sc[b]), abs=1e-12, rel=0)
+    assert fast["auc"][1] == 0.5 and fast["eer"][1] == pytest.approx(compute_metrics(lab[1], sc[1])["eer"])
+
+
+def test_batch_metrics_one_class_rows_are_nan() -> None:
+    lab = np.array([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    sc = np.array([[0.1, 0.7, 0.6, 0.9], [0.1, 0.2, 0.6, 0.9], [0.1, 0.2, 0.6, 0.9]])
+    res = batch_metrics(lab, sc, 0.5, (0.1,))
+    assert res["auc"][0] == 0.75 and math.isnan(res["auc"][1]) and math.isnan(res["eer"][2])
+    assert math.isnan(res["tpr@fpr=0.1"][1]) and math.isnan(res["real_acc"][1]) and math.isnan(res["fake_acc"][2])
+    assert res["fake_acc"][1] == 0.5 and res["real_acc"][2] == 0.5 and res["acc"][1] == 0.5
+    with pytest.raises(ValueError, match="shape"):
+        batch_metrics(lab[:, :3], sc)
+
+
+def test_presorted_rows_give_the_same_metrics() -> None:
+    rng = np.random.default_rng(3)
+    labels, scores = _tied(200, rng)
+    idx = rng.integers(0, 200, size=(10, 150))
+    order = np.argsort(-scores, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    key = np.sort(rank[idx], axis=1)
+    a = batch_metrics(labels[idx], scores[idx], 0.5, TARGETS)
+    b = batch_metrics(labels[order][key], scores[order][key], 0.5, TARGETS, presorted=True)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _reference_bootstrap(labels, scores, groups, n_iter, seed, metrics, chunk):
+    """The bootstrap the slow way: replay the draws, one compute_metrics (scikit-learn) per iteration."""
+    lab = np.asarray(labels).astype(np.int64)
+    draw, _ = bootstrap_mod._make_drawer(lab, None if groups is None else np.asarray(groups), None)
+    rng = np.random.default_rng(seed)
+    rows = np.concatenate([draw(rng, min(chunk, n_iter - s)) for s in range(0, n_iter, chunk)])
+    targets = bootstrap_mod._fpr_targets(metrics)
+    reps = [compute_metrics(lab[r], np.asarray(scores)[r], 0.5, targets) for r in rows]
+    point = compute_metrics(lab, scores, 0.5, targets)
+    return {m: summarize([r[m] for r in reps], point[m]) for m in metrics}
+
+
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 1000])  # one block / many blocks of iterations
+def test_bootstrap_equals_per_iteration_sklearn_reference(monkeypatch, chunk_elements: int) -> None:
+    monkeypatch.setattr(bootstrap_mod, "_CHUNK_ELEMENTS", chunk_elements)
+    rng = np.random.default_rng(11)
+    labels, scores = _tied(240, rng)
+    groups = rng.choice(["a", "b", "c"], size=labels.size, p=[0.7, 0.25, 0.05])
+    metrics = ("acc", "ap", "auc", "eer", "eer_threshold", "real_acc", "fake_acc", "tpr@fpr=0.05")
+    width = 2 * min(int((labels == 0).sum()), int((labels == 1).sum()))
+    for grp in (None, groups):
+        fast = bootstrap_metrics(labels, scores, groups=grp, n_iter=30, seed=5, metrics=metrics)
+        ref = _reference_bootstrap(labels, scores, grp, 30, 5, metrics, max(1, chunk_elements // width))
+        for m in metrics:
+            for stat in ("mean", "lo", "hi", "std", "point"):
+                assert fast[m][stat] == pytest.approx(ref[m][stat], abs=1e-12, rel=0), (m, stat)
+            assert fast[m]["n"] == ref[m]["n"] == 30

@@ -109,6 +109,23 @@ class Detector(ABC):
         self.threshold = float(threshold)
         self.calibration = {"threshold": float(threshold), **calibration}
 
+    def calibrate_on_real_val(self, labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> bool:
+        """Set τ so that ``target_fpr`` of the real (label 0) validation scores are flagged.
+
+        The sorted real scores are kept in the calibration record, so the operating point can be
+        moved later (``scan --fpr``) without re-scoring. Returns False when there is no real score.
+        """
+        from ..eval.calibration import calibrate
+
+        labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+        real = scores[labels == 0]
+        if real.size == 0:
+            return False
+        cal = calibrate(real, target_fpr)
+        self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
+                           real_val_scores=[round(float(v), 6) for v in np.sort(real)])
+        return True
+
     # ----------------------------------------------------------------- persistence
     def get_config(self) -> dict[str, Any]:
         return {

@@ -110,7 +110,6 @@ class ForensicCNNDetector(Detector):
 
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
         """Train with BCE on patches; keep the epoch with the best validation AUC; calibrate τ on val reals."""
-        from ...eval.calibration import calibrate
 
         c = self.config
         gen = seed_everything(self.seed)
@@ -160,12 +159,7 @@ class ForensicCNNDetector(Detector):
             "topk": c["topk"], "history": history, "seconds": round(time.time() - t0, 1),
         }
         if val is not None and len(val):
-            y_val, s_val = self._scores_of(val)
-            if (y_val == 0).any():
-                real = s_val[y_val == 0]
-                cal = calibrate(real, c["target_fpr"])
-                self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
-                                   real_val_scores=[round(float(v), 6) for v in np.sort(real)])
+            self.calibrate_on_real_val(*self._scores_of(val), c["target_fpr"])
         self.training_summary = summary
         return summary
 

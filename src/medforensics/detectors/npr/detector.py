@@ -126,7 +126,6 @@ class ScratchCNNDetector(Detector):
 
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
         """Train with BCE; keep the epoch with the best validation AUC; calibrate τ on val reals."""
-        from ...eval.calibration import calibrate
         from ...eval.metrics import compute_metrics
 
         c = self.config
@@ -177,9 +176,7 @@ class ScratchCNNDetector(Detector):
         }
         if val_x is not None and (val_y == 0).any():
             real = self._score_arrays(val_x[torch.from_numpy(val_y == 0)]).astype(np.float64)
-            cal = calibrate(real, c["target_fpr"])
-            self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
-                               real_val_scores=[round(float(v), 6) for v in np.sort(real)])
+            self.calibrate_on_real_val(np.zeros(len(real)), real, c["target_fpr"])
         self.training_summary = summary
         return summary
 

@@ -114,7 +114,6 @@ class UniFDDetector(Detector):
     # ------------------------------------------------------------------ training
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
         """Cache frozen features, train the linear layer (BCE, Adam), keep the best-AUC epoch, calibrate τ."""
-        from ...eval.calibration import calibrate
         from ...eval.metrics import compute_metrics
 
         c = self.config
@@ -165,10 +164,7 @@ class UniFDDetector(Detector):
         if has_val and bool((y_va == 0).any()):
             with torch.no_grad():
                 s = torch.sigmoid(self.fc(x_va)[:, 0]).cpu().double().numpy()
-            real = s[y_va.cpu().numpy() == 0]
-            cal = calibrate(real, c["target_fpr"])
-            self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
-                               real_val_scores=[round(float(v), 6) for v in np.sort(real)])
+            self.calibrate_on_real_val(y_va.cpu().numpy(), s, c["target_fpr"])
         self.training_summary = summary
         return summary
 
