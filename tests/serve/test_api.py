@@ -210,3 +210,12 @@ def test_upload_names_kept_only_with_store_phi_and_no_auth_only_on_loopback(make
 
     res = CliRunner().invoke(app, ["serve", "--no-auth", "--host", "0.0.0.0", "--tokens-file", str(tmp_path / "t.json")])
     assert res.exit_code == 2 and "loopback" in res.output
+
+
+def test_api_docs_page_works_offline(served):
+    """/docs takes Swagger UI from the swagger-ui-bundle package, not from a CDN."""
+    page = served.client.get("/docs")
+    assert page.status_code == 200
+    assert "https://" not in page.text and "/docs-assets/swagger-ui-bundle.js" in page.text
+    js = served.client.get("/docs-assets/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
@@ -157,8 +157,9 @@ def create_app(settings: ServeSettings | None = None, *, service: ScanService | 
                  len(token_store) if settings.auth else 0)
         yield
 
-    app = FastAPI(title="medforensics", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="medforensics", version=__version__, lifespan=lifespan, docs_url=None,
                   description="Detect AI-generated and tampered medical images. Research use only; not a medical device.")
+    _mount_offline_docs(app)
     app.state.settings = settings
     app.state.service = svc
     app.state.tokens = token_store
@@ -411,3 +412,25 @@ def create_app(settings: ServeSettings | None = None, *, service: ScanService | 
         return Response(await run_in_threadpool(render), media_type="image/png")
 
     return app
+
+
+def _mount_offline_docs(app: FastAPI) -> None:
+    """Serve the OpenAPI page at ``/docs`` with Swagger UI assets from the ``swagger-ui-bundle``
+    package, so it works on hospital networks without internet (FastAPI's default uses a CDN)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # fall back to FastAPI's CDN-hosted page
+        swagger_ui_path = None
+    if swagger_ui_path is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+        js, css = "/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"
+    else:
+        js = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui-bundle.js"
+        css = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="medforensics API",
+                                   swagger_js_url=js, swagger_css_url=css, swagger_favicon_url="")
