@@ -558,8 +558,9 @@ def write_report(payload: dict[str, Any], scores_by_det: dict[str, dict[str, dic
             for n, r in results.items()),
         f"- forensic_cnn = the shipped default model (trained on the full training split, 14 epochs, ~45 min); the "
         f"others are trained here within the budget above. Bootstrap: {budget['n_boot']} class-balanced iterations.",
-        f"- DSKI trained with the budget recipe {json.dumps(DSKI_BUDGET_RECIPE)} (the paper's SGD lr 1e-4 × 50 epochs "
-        "does not fit the CPU budget); backbone frozen, adapters + head trained.",
+        f"- DSKI trained with the budget recipe "
+        f"{json.dumps({k: (results.get('dski', {}).get('config') or {}).get(k, v) for k, v in DSKI_BUDGET_RECIPE.items()})}"
+        " (the paper's SGD lr 1e-4 × 50 epochs does not fit the CPU budget); backbone frozen, adapters + head trained.",
         *(f"- Note: {line}" for line in payload.get("notes", [])),
         *(f"- {n} FAILED: {r['error']}" for n, r in results.items() if "error" in r),
         "",

@@ -154,3 +154,90 @@ def test_save_bank_rewrites_only_the_bank(trained, toy_sets, tmp_path):
     other = create_detector("dski", seed=1, **TINY).save(tmp_path / "other")
     with pytest.raises(ValueError, match="different model weights"):
         loaded.save_bank(other)
+
+
+def _new_generator_fakes(n: int, seed: int) -> np.ndarray:
+    """A 'new generator' unlike the toy fakes: smooth textures with an 8-px checkerboard imprinted."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:128, :128]
+    checker = ((yy // 8) + (xx // 8)) % 2
+    out = []
+    for _ in range(n):
+        t = gaussian_filter(rng.random((128, 128)), 2.0)
+        t = 0.6 * (t - t.min()) / (np.ptp(t) + 1e-8) + 0.4 * checker
+        out.append(np.repeat(t[None], 3, 0))
+    return np.stack(out).astype(np.float32)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
+
+
+def test_centred_bank_keys_are_spread_and_new_generator_fakes_move_their_own_kind(trained, toy_sets):
+    _, val = toy_sets
+    det = trained
+    assert det.config["center_features"] and det.model.feature_mean.abs().sum() > 0  # μ was fitted in fit()
+    off = ~torch.eye(det.bank_size, dtype=torch.bool)
+    keys = det.bank.keys
+    assert (keys @ keys.T)[off].mean() < 0.9  # no longer ≈ 1 for every pair
+    # the same images without centring: the collapse the centring removes (tiny random CLIP ≈ 0.98)
+    raw = det.bank_features(np.stack([it["image"].numpy() for it in val[:8]]), center=False)
+    off8 = ~torch.eye(8, dtype=torch.bool)
+    assert (raw @ raw.T)[off8].mean() > 0.9
+    cen = det.bank_features(np.stack([it["image"].numpy() for it in val[:8]]))
+    assert (cen @ cen.T)[off8].mean() < 0.9
+    # few-shot: fakes of the new generator in the bank raise the scores of *other* fakes of it more
+    # than those of held-out reals (compared as logits fake − real, free of softmax saturation)
+    new = _new_generator_fakes(8, seed=3)
+    reals = np.stack([it["image"].numpy() for it in val if float(it["label"]) == 0][:6])
+    before_new, before_real = _logit(det.score(new[4:])), _logit(det.score(reals))
+    det.add_to_bank(new[:4], "fake", generator="new-gen")
+    try:
+        d_new = _logit(det.score(new[4:])) - before_new
+        d_real = _logit(det.score(reals)) - before_real
+    finally:
+        det.remove_from_bank("new-gen")
+    assert d_new.min() > 0 and d_new.mean() > 2 * d_real.mean() + 0.1
+
+
+def test_remove_unknown_generator_raises_key_error_listing_present_ones(trained):
+    with pytest.raises(KeyError, match=r"no bank entries of generator 'nope'.*holds: train:"):
+        trained.remove_from_bank("nope")
+
+
+def test_centring_switch_and_weights(trained, tmp_path):
+    det = trained
+    out = det.save(tmp_path / "m")
+    tensors = load_file(str(out / "weights.safetensors"))
+    torch.testing.assert_close(tensors["feature_mean"], det.model.feature_mean)
+    off = create_detector("dski", seed=0, **{**TINY, "center_features": False})
+    assert "feature_mean" not in off.state_dict()
+    x = torch.rand(3, 3, 32, 32)
+    off.model.set_feature_mean(torch.ones(off.model.feature_mean.shape))  # ignored when the switch is off
+    f_off, _ = off.model.features(x)
+    f_raw, _ = off.model.features(x, center=False)
+    torch.testing.assert_close(f_off, f_raw)
+
+
+def test_feature_mean_tracks_training_batches_and_is_refitted_after_fit(toy_sets):
+    train, val = toy_sets
+    det = create_detector("dski", seed=0, **TINY)
+    x = torch.rand(4, 3, 32, 32)
+    mu = det.model.feature_mean.clone()
+    with torch.no_grad():
+        det.model.features(x)  # eval mode: μ fixed
+    torch.testing.assert_close(det.model.feature_mean, mu)
+    det.model.train()
+    raw, _ = det.model.features(x, center=False)
+    det.model.features(x)  # training mode: running mean, momentum 0.1
+    det.model.eval()
+    torch.testing.assert_close(det.model.feature_mean, 0.9 * mu + 0.1 * raw.detach().mean(0))
+    summary = det.fit(train[:8], val[:4])
+    assert summary["feature_mean_drift"] is not None
+    # after fit, μ is the exact class-balanced mean of the kept model's uncentred features
+    _, feats, ys = det._draw(train[:8], det.config["center_shots"], center=False)
+    y = torch.tensor(ys)
+    torch.testing.assert_close(det.model.feature_mean, (feats[y == 0].mean(0) + feats[y == 1].mean(0)) / 2)

@@ -5,6 +5,10 @@ paper's recipe by default (SGD, momentum 0.9, weight decay 0.005, lr 1e-4, batch
 loss = BCE on the fake-minus-real logit difference (equivalent to 2-way softmax cross-entropy);
 the epoch with the best validation AUC is kept. On CUDA, mixed precision (fp16 autocast + grad
 scaler) is on by default, and ``accumulate`` splits each batch into micro-batches.
+Before training, μ (mean L2-normalised feature of training images) is fitted and every feature
+becomes f′ = normalise(normalise(g) − μ) (``center_features``, default on — our departure from the
+paper: pooled CNN/CLIP features share a large common component, cosine ≈ 1 between any two
+images, which made the MFRM affinity constant; see docs/dski.md).
 Stage 2 (retrieval): the MFRM bank is filled with ``bank_shots`` real + ``bank_shots`` fake
 training images, and the threshold is calibrated at ``target_fpr`` on validation reals.
 Score = softmax probability of "fake" of the final logits β·A·L + s·f′·W′ᵀ (see :mod:`.bank`).
@@ -58,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "text_hidden": None,  # text adapter hidden width (None: D/4)
     "logit_scale": None,  # None: CLIP's learnt scale; 30 for the EfficientNet cosine head
     "head_init": "prototypes",  # EfficientNet head: "prototypes" (class means of f′) | "random"
+    "center_features": True,  # f′ = normalise(normalise(g) − μ), μ from training images (departure from the paper)
+    "center_shots": 32,  # μ and the head prototypes from n real + n fake training images
     "bank_shots": 16,  # n real + n fake training images in the bank
     "alpha": 0.1,  # α: affinity sharpness (Tip-Adapter calls it β)
     "beta": 10.0,  # β: weight of the retrieval logits (Tip-Adapter calls it α)
@@ -112,6 +118,7 @@ class DSKIDetector(Detector):
                 backbone, blocks=blocks, use_cdfa=c["use_cdfa"], bottleneck=c["bottleneck"], streams=c["streams"],
                 noise_kernel=c["noise_kernel"], lambda_init=c["lambda_init"], init_std=c["adapter_init_std"],
                 prompts=c["prompts"], text_hidden=c["text_hidden"], logit_scale=c["logit_scale"],
+                center=c["center_features"],
             )
         self.model.to(self.device).eval()
         c["backbone_weights"] = backbone.description
@@ -185,14 +192,14 @@ class DSKIDetector(Detector):
 
     # ------------------------------------------------------------------ the bank
     @torch.no_grad()
-    def bank_features(self, images: ImageBatch) -> torch.Tensor:
-        """Adapted, L2-normalised features f′ (N×D, CPU) — the bank's keys for these images."""
+    def bank_features(self, images: ImageBatch, center: bool | None = None) -> torch.Tensor:
+        """Adapted, (centred,) L2-normalised features f′ (N×D, CPU) — the bank's keys for these images."""
         batch = self.prepare(images)
         self.model.eval()
         feats = []
         for part in self._batches(batch):
             with self._autocast():
-                f, _ = self.model.features(part.to(self.device))
+                f, _ = self.model.features(part.to(self.device), center=center)
             feats.append(f.float().cpu())
         return torch.cat(feats) if feats else torch.zeros(0, self.bank.dim)
 
@@ -226,7 +233,8 @@ class DSKIDetector(Detector):
                                   "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return len(self.bank)
 
-    def _draw(self, dataset: Sequence[dict], shots: int) -> tuple[list[dict], torch.Tensor, list[int]]:
+    def _draw(self, dataset: Sequence[dict], shots: int,
+              center: bool | None = None) -> tuple[list[dict], torch.Tensor, list[int]]:
         """``shots`` real + ``shots`` fake items (seeded draw), their features f′ and labels."""
         labels = dataset_labels(dataset)
         rng = np.random.default_rng(self.seed)
@@ -235,7 +243,7 @@ class DSKIDetector(Detector):
             idx = np.flatnonzero(labels == cls)
             chosen += rng.choice(idx, size=min(shots, len(idx)), replace=False).tolist()
         items = [dataset[int(i)] for i in chosen]
-        feats = self.bank_features(torch.stack([it["image"] for it in items]))
+        feats = self.bank_features(torch.stack([it["image"] for it in items]), center=center)
         return items, feats, [int(float(it["label"]) > 0.5) for it in items]
 
     def build_bank(self, dataset: Sequence[dict], shots: int | None = None) -> int:
@@ -249,6 +257,23 @@ class DSKIDetector(Detector):
         return self.bank.add(feats, ys, names)
 
     @torch.no_grad()
+    def fit_feature_mean(self, dataset: Sequence[dict], shots: int | None = None) -> torch.Tensor:
+        """Set μ to the mean uncentred f′ of ``shots`` real + ``shots`` fake items (class-balanced); return μ.
+
+        Called by :meth:`fit` before training (μ then stays fixed, so the classifier, the bank and
+        the heat-map all see the same centred features).
+        """
+        shots = int(self.config["center_shots"] if shots is None else shots)
+        _, feats, ys = self._draw(dataset, shots, center=False)
+        if not len(feats):
+            raise ValueError("fit_feature_mean: no training images")
+        y = torch.tensor(ys)
+        means = [feats[y == k].mean(0) for k in (0, 1) if (y == k).any()]
+        mu = torch.stack(means).mean(0)
+        self.model.set_feature_mean(mu)
+        return mu
+
+    @torch.no_grad()
     def init_head_from_prototypes(self, dataset: Sequence[dict], shots: int = 32) -> None:
         """Linear-head variant: start W′ at the class means of f′ (a nearest-prototype classifier).
 
@@ -257,7 +282,7 @@ class DSKIDetector(Detector):
         the start). Prototypes of ``shots`` real + ``shots`` fake training images give the head
         an equivalent data-driven starting point.
         """
-        _, feats, ys = self._draw(dataset, shots)
+        _, feats, ys = self._draw(dataset, shots)  # centred with the current μ
         y = torch.tensor(ys)
         if not ((y == 0).any() and (y == 1).any()):
             return
@@ -266,15 +291,15 @@ class DSKIDetector(Detector):
 
     # ------------------------------------------------------------------ training
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
-        """Train the adapters (backbone frozen), keep the best-AUC epoch, build the bank, calibrate τ."""
-        from ...eval.calibration import calibrate
+        """Centre (μ), train the adapters (backbone frozen), keep the best-AUC epoch, build the bank, calibrate τ."""
         from ...eval.metrics import compute_metrics
 
         c = self.config
         t0 = time.time()
         gen = seed_everything(self.seed)
+        mu0 = self.fit_feature_mean(train) if c["center_features"] else None
         if self.model.text_base is None and c["head_init"] == "prototypes":
-            self.init_head_from_prototypes(train)
+            self.init_head_from_prototypes(train, shots=c["center_shots"])
         micro = c["batch_size"] // c["accumulate"]
         loader = balanced_loader(train, micro, gen, c["num_workers"], collate_fn=getattr(train, "collate", None))
         trainable = self.model.trainable()
@@ -329,20 +354,21 @@ class DSKIDetector(Detector):
         if best.state is not None:
             trainable.load_state_dict(best.state)
         self.model.eval()
+        if c["center_features"]:  # μ of the kept weights, exact (the running mean tracked the last epoch)
+            summary_mu_drift = float((self.fit_feature_mean(train) - mu0).norm())
+        else:
+            summary_mu_drift = None
         bank_n = self.build_bank(train) if c["use_mfrm"] else 0
         summary: dict[str, Any] = {
             "n_train": len(train), "n_val": len(val) if val is not None else 0, "best_epoch": best.epoch,
             "history": history, "seconds": round(time.time() - t0, 1), "bank_size": bank_n,
             "device": str(self.device), "amp": use_amp,
             "trainable_parameters": sum(p.numel() for p in params),
+            "feature_mean_drift": summary_mu_drift,  # ‖μ_final − μ_initial‖ (centring)
         }
         if val is not None and len(val):
             y_val, s_val = self._scores_of(val)
-            if (y_val == 0).any():
-                real = s_val[y_val == 0]
-                cal = calibrate(real, c["target_fpr"])
-                self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
-                                   real_val_scores=[round(float(v), 6) for v in np.sort(real)])
+            self.calibrate_on_real_val(y_val, s_val, c["target_fpr"])
         self.training_summary = summary
         return summary
 
@@ -362,6 +388,8 @@ class DSKIDetector(Detector):
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Adapters + classifier, the bank, and — for a random backbone only — its weights."""
         out = {k: v for k, v in self.model.trainable().state_dict().items()}
+        if self.config["center_features"]:
+            out["feature_mean"] = self.model.feature_mean
         if is_random(self.config["backbone"]):
             out.update({f"backbone.{k}": v for k, v in self.model.backbone.net_state().items()})
         out.update(self.bank.state_dict())
@@ -369,6 +397,11 @@ class DSKIDetector(Detector):
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         tensors = dict(tensors)
+        mean = tensors.pop("feature_mean", None)
+        if mean is not None and not self.config["center_features"]:
+            raise ValueError("the weights hold a feature mean but the config has center_features=false")
+        # a model saved before centring existed has no μ: zeros make centring the identity (its own features)
+        self.model.set_feature_mean(torch.zeros_like(self.model.feature_mean) if mean is None else mean)
         bank = {k: tensors.pop(k) for k in list(tensors) if k.startswith("bank.")}
         net = {k[len("backbone."):]: tensors.pop(k) for k in list(tensors) if k.startswith("backbone.")}
         if is_random(self.config["backbone"]):

@@ -26,6 +26,12 @@ projected to its channels, then added to the block output.
 ``W′ = t + L₂(ReLU(L₁(t)))``) after the frozen text encoder applied once to the class prompts;
 logits = s · cos(f′, W′) with CLIP's logit scale s. EfficientNet: a linear head whose L2-normalised
 rows are W′ (cosine classifier, scale s), so the MFRM arithmetic is the same.
+
+**Centring** (``center``; not in the paper): features are ``normalise(normalise(g) − μ)`` with μ a
+buffer (``feature_mean``) set from training images by the detector — pooled features otherwise
+share one dominant direction and every pair of images has cosine ≈ 1. In training mode μ follows
+the features as a running mean (momentum 0.1 per batch, like BatchNorm's statistics), because
+the adapters' output can itself add a common component.
 """
 
 from __future__ import annotations
@@ -122,9 +128,11 @@ class DSKIModel(nn.Module):
     def __init__(self, backbone: Backbone, *, blocks: Sequence[int], use_cdfa: bool = True, bottleneck: int = 64,
                  streams: str = "both", noise_kernel: int = 3, lambda_init: float = 1.0, init_std: float = 0.01,
                  prompts: Sequence[str] = ("A real medical image", "A fake medical image"),
-                 text_hidden: int | None = None, logit_scale: float | None = None):
+                 text_hidden: int | None = None, logit_scale: float | None = None, center: bool = True):
         super().__init__()
         self.backbone = backbone
+        self.center = bool(center)
+        self.center_momentum = 0.1  # running-mean update of μ per training batch
         points: list[HookPoint] = backbone.hook_points()
         bad = [b for b in blocks if not 0 <= b < len(points)]
         if bad:
@@ -136,6 +144,9 @@ class DSKIModel(nn.Module):
         })
         self._hooks = [points[i].module.register_forward_hook(self._hook(str(i), points[i].tokens)) for i in self.blocks]
         dim = backbone.feature_dim
+        # μ: mean L2-normalised backbone feature of training images, subtracted before the final L2
+        # normalisation (``center``); zeros until :meth:`set_feature_mean` (then centring is a no-op)
+        self.register_buffer("feature_mean", torch.zeros(dim))
         if backbone.kind == "clip":
             if len(prompts) != 2:
                 raise ValueError(f"need two prompts (real, fake), got {list(prompts)}")
@@ -180,10 +191,30 @@ class DSKIModel(nn.Module):
         w = self.classifier(self.text_base) if self.text_base is not None else self.classifier.weight
         return F.normalize(w.float(), dim=-1)
 
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adapted image features f′ (N×D) and per-location features (N×D×h×w), both L2-normalised."""
+    def set_feature_mean(self, mean: torch.Tensor) -> None:
+        """Store μ (D,), the mean of :meth:`features` ``(center=False)`` over training images."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.feature_mean.numel():
+            raise ValueError(f"feature mean has {mean.numel()} values, the features {self.feature_mean.numel()}")
+        self.feature_mean.copy_(mean.to(self.feature_mean.device))
+
+    def features(self, x: torch.Tensor, center: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adapted image features f′ (N×D) and per-location features (N×D×h×w), both L2-normalised.
+
+        With centring (``self.center``, overridable by ``center``): f′ = normalise(normalise(g) − μ),
+        the same μ for the per-location features. Pooled CNN/CLIP features share a large common
+        component (cosine ≈ 1 between any two images), which centring removes.
+        """
         g, local = self.backbone.forward_features(x)
-        return F.normalize(g.float(), dim=-1), F.normalize(local.float(), dim=1)
+        g, local = F.normalize(g.float(), dim=-1), F.normalize(local.float(), dim=1)
+        if self.center if center is None else center:
+            if self.training and torch.is_grad_enabled():  # track μ as the adapters move (BatchNorm-style)
+                with torch.no_grad():
+                    self.feature_mean.lerp_(g.detach().mean(0).to(self.feature_mean), self.center_momentum)
+            mu = self.feature_mean.float().detach()
+            g = F.normalize(g - mu, dim=-1)
+            local = F.normalize(local - mu[None, :, None, None], dim=1)
+        return g, local
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classifier logits s·f′·W′ᵀ (N×2, columns real/fake), without the retrieval bank."""
