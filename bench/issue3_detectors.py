@@ -53,9 +53,9 @@ from medforensics.eval.tables import metric_table  # noqa: E402
 from medforensics.io import UnreadableImageError, standardise  # noqa: E402
 from medforensics.train.recipes import PreparedData, prepare_supervised_data, training_datasets  # noqa: E402
 
-#: DSKI's paper recipe (SGD lr 1e-4, constant, 50 epochs) does not move the adapters in the few epochs a
-#: CPU budget allows; the bench uses a larger learning rate with a cosine schedule (stated in the output).
-# lr 1e-4 (the paper's): with feature centring 1e-3 was no better (docs/dski.md, "recipe check")
+#: DSKI's paper recipe is SGD lr 1e-4 for 50 epochs; a CPU budget allows a few epochs, so the bench adds a
+#: cosine schedule and batch 16 (stated in the output). With feature centring, lr 1e-3 was no better than
+#: 1e-4 (docs/dski.md, "recipe check"); the first issue-3 run used 1e-3 before centring existed.
 DSKI_BUDGET_RECIPE = {"lr": 1e-4, "lr_schedule": "cosine", "batch_size": 16}
 #: bench name -> (registry name, constructor config). "forensic_cnn" is the shipped model.
 SPECS: dict[str, tuple[str, dict[str, Any]]] = {
