@@ -171,6 +171,20 @@ class Detector(ABC):
         return det
 
 
+def merge_config(name: str, defaults: dict[str, Any], config: dict[str, Any],
+                 derived: Sequence[str] = ()) -> dict[str, Any]:
+    """``defaults`` overridden by ``config``; unknown keys are a TypeError naming them.
+
+    ``derived`` keys are informational values a detector writes into its own config (e.g. a
+    backbone description); they are accepted back, and dropped, when a saved model is loaded.
+    """
+    config = {k: v for k, v in config.items() if k not in derived}
+    unknown = set(config) - set(defaults)
+    if unknown:
+        raise TypeError(f"unknown {name} options: {', '.join(sorted(unknown))}; known: {', '.join(sorted(defaults))}")
+    return {**defaults, **config}
+
+
 def read_model_dir(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and validate a model directory's config and tensors."""
     directory = Path(directory)

@@ -40,7 +40,7 @@ from scipy.special import expit, logit
 from ...io.types import UnreadableImageError
 from ...io.preprocess import Preprocessing
 from ...train.common import dataset_labels, progress, seed_everything
-from ..base import Detector, ImageBatch
+from ..base import Detector, ImageBatch, merge_config
 from ..registry import register_detector
 from .model import back_in_time, build_scheduler, build_unet, from_model_range, noise_loss, to_model_range
 from .patches import (
@@ -113,10 +113,8 @@ class BTDDetector(Detector):
 
     def __init__(self, **config: Any):
         pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown btd options: {', '.join(sorted(unknown))}")
-        super().__init__(preprocessing=pre or Preprocessing(channels=1), seed=seed, **{**DEFAULTS, **config})
+        super().__init__(preprocessing=pre or Preprocessing(channels=1), seed=seed,
+                         **merge_config(self.name, DEFAULTS, config))
         c = self.config
         c["channel_mult"] = [int(m) for m in c["channel_mult"]]
         self._validate()

@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from ...train.common import BestState, balanced_loader, dataset_labels, progress, seed_everything
 from ..backbones import DEFAULT_CLIP, build_backbone, default_blocks, is_random, normalise_spec, resolve_device
-from ..base import CONFIG_FILE, WEIGHTS_FILE, Detector, ImageBatch, _json_default, read_model_dir
+from ..base import CONFIG_FILE, WEIGHTS_FILE, Detector, ImageBatch, _json_default, merge_config, read_model_dir
 from ..registry import register_detector
 from .bank import CLASSES, FeatureBank, mfrm_logits
 from .model import STREAMS, DSKIModel
@@ -94,12 +94,7 @@ class DSKIDetector(Detector):
 
     def __init__(self, **config: Any):
         pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        for key in DERIVED:
-            config.pop(key, None)
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown dski options: {', '.join(sorted(unknown))}")
-        super().__init__(preprocessing=pre, seed=seed, **{**DEFAULTS, **config})
+        super().__init__(preprocessing=pre, seed=seed, **merge_config(self.name, DEFAULTS, config, DERIVED))
         c = self.config
         c["backbone"] = normalise_spec(c["backbone"])
         if c["streams"] not in STREAMS:

@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from ...train.common import BestState, balanced_loader, progress, seed_everything
-from ..base import Detector
+from ..base import Detector, merge_config
 from ..registry import register_detector
 from .model import ForensicCNN, patch_map, patchify, topk_mean
 
@@ -56,10 +56,7 @@ class ForensicCNNDetector(Detector):
 
     def __init__(self, **config: Any):
         pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown forensic_cnn options: {', '.join(sorted(unknown))}")
-        super().__init__(preprocessing=pre, seed=seed, **{**DEFAULTS, **config})
+        super().__init__(preprocessing=pre, seed=seed, **merge_config(self.name, DEFAULTS, config))
         c = self.config
         torch.manual_seed(seed)
         self.model = ForensicCNN(self.preprocessing.channels, c["width"], c["bayar_channels"])

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...train.common import BestState, balanced_loader, progress, seed_everything
-from ..base import Detector
+from ..base import Detector, merge_config
 from ..registry import register_detector
 from .model import NPRNet, cam_map
 
@@ -54,11 +54,8 @@ class ScratchCNNDetector(Detector):
 
     def __init__(self, **config: Any):
         pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        defaults = {**self.MODEL_DEFAULTS, **TRAINING_DEFAULTS}
-        unknown = set(config) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown {self.name} options: {', '.join(sorted(unknown))}; known: {', '.join(sorted(defaults))}")
-        super().__init__(preprocessing=pre, seed=seed, **{**defaults, **config})
+        super().__init__(preprocessing=pre, seed=seed,
+                         **merge_config(self.name, {**self.MODEL_DEFAULTS, **TRAINING_DEFAULTS}, config))
         crop = self.config["train_crop"]
         if crop is not None and (not isinstance(crop, int) or crop < 8):
             raise ValueError(f"train_crop must be None or an integer >= 8, got {crop!r}")

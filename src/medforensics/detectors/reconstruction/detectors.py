@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 from ...io.preprocess import Preprocessing
 from ...train.common import dataset_labels, progress, seed_everything
-from ..base import Detector
+from ..base import Detector, merge_config
 from ..registry import register_detector
 from .models import VAE, ConvAE, UNetAE, kl_divergence, make_unet2d
 
@@ -199,13 +199,10 @@ class ReconstructionDetector(Detector):
 
     def __init__(self, **config: Any):
         pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        defaults = {**COMMON_DEFAULTS, **self.DEFAULTS}
-        unknown = set(config) - set(defaults)
-        if unknown:
-            raise TypeError(f"unknown {self.name} options: {', '.join(sorted(unknown))}; known: {', '.join(sorted(defaults))}")
         if pre is None:
             pre = Preprocessing(channels=1)
-        super().__init__(preprocessing=pre, seed=seed, **{**defaults, **config})
+        super().__init__(preprocessing=pre, seed=seed,
+                         **merge_config(self.name, {**COMMON_DEFAULTS, **self.DEFAULTS}, config))
         if self.config["score_region"] not in ("image", "center"):
             raise ValueError(f"score_region must be 'image' or 'center', got {self.config['score_region']!r}")
         self.channels = self.preprocessing.channels

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from ...train.common import BestState, progress, seed_everything
 from ..backbones import DEFAULT_CLIP, build_backbone, is_random, normalise_spec, resolve_device
-from ..base import Detector
+from ..base import Detector, merge_config
 from ..registry import register_detector
 
 DEFAULTS: dict[str, Any] = {
@@ -57,12 +57,7 @@ class UniFDDetector(Detector):
 
     def __init__(self, **config: Any):
         pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        for key in DERIVED:
-            config.pop(key, None)
-        unknown = set(config) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(f"unknown unifd options: {', '.join(sorted(unknown))}")
-        super().__init__(preprocessing=pre, seed=seed, **{**DEFAULTS, **config})
+        super().__init__(preprocessing=pre, seed=seed, **merge_config(self.name, DEFAULTS, config, DERIVED))
         c = self.config
         c["backbone"] = normalise_spec(c["backbone"])
         self.device = resolve_device(c["device"])
