@@ -136,3 +136,42 @@ def test_build_stage_trains_factory_generators(toy_inputs, tmp_path):
         assert "Generators: training and sampling time" in md and "Leave-one-family-out" in md
         again = BenchmarkRunner(cfg, tmp_path / "run", resume=True, show_progress=False, log=LOG).run()
         assert again["generators_cached"] == 3 and again["generators_trained"] == 0 and again["units_run"] == 0
+
+
+def test_generators_only_trains_a_modality_subset_that_a_full_run_reuses(toy_inputs, tmp_path):
+    from medforensics.synth.generators import TINY_CONFIGS
+
+    gens = [{"family": f, "resolution": 16, "steps": 2, "batch_size": 4, "config": TINY_CONFIGS[f]}
+            for f in ("vae", "gan")]
+    with bank_detector_registered() as bank:
+        cfg = RunConfig.from_dict({
+            "name": "toy-shards", "n_boot": 5,
+            "build": {"real": str(toy_inputs["real"]), "modalities": ["xray"], "size": 32, "generators": gens},
+            "detectors": [{"detector": bank, "label": "bank", "config": {"preprocessing": {"size": 32}}}],
+            "protocols": {"logo": False, "lofo": False, "published": False, "few_shot": False, "robustness": False},
+        })
+        runner = BenchmarkRunner(cfg, tmp_path / "run", show_progress=False, log=LOG)
+        assert runner.train_generators(modalities={"ct"}) == []  # no generator of that modality
+        assert runner.train_generators(modalities={"xray"}) == ["vae-xray", "dcgan-xray"]
+        assert not (tmp_path / "run/benchmark").exists() and not (tmp_path / "run/units").exists()
+        s = BenchmarkRunner(cfg, tmp_path / "run", resume=True, show_progress=False, log=LOG).run()
+        assert s["generators_cached"] == 2 and s["generators_trained"] == 0 and s["units_failed"] == []
+
+
+def test_detector_shards_share_a_run_folder_and_a_last_run_only_reports(toy_benchmark, tmp_path):
+    out = tmp_path / "run"
+    with bank_detector_registered() as bank:
+        dets = [{"detector": bank, "label": lab, "config": {"preprocessing": {"size": 32}, "steps": i + 1}}
+                for i, lab in enumerate(("a", "b"))]
+        cfg = _cfg(str(toy_benchmark.manifest_path), bank, detectors=dets,
+                   protocols={"logo": False, "lofo": False, "published": False, "few_shot": False,
+                              "robustness": False, "ablations": [{**dets[0], "label": "a-ablated"}]})
+        first = BenchmarkRunner(cfg, out, show_progress=False, log=LOG, only={"a"}).run()
+        assert first["units_run"] == 1 and (out / "units/in_distribution/a.json").is_file()
+        assert not (out / "units/ablations").exists()  # the ablation label is not in this shard
+        second = BenchmarkRunner(cfg, out, resume=True, show_progress=False, log=LOG, only={"b", "a-ablated"}).run()
+        assert second["units_run"] == 2 and second["units_skipped"] == 0
+        final = BenchmarkRunner(cfg, out, resume=True, show_progress=False, log=LOG).run()
+        assert final["units_run"] == 0 and final["units_skipped"] == 3
+        md = (out / "results/tables.md").read_text()
+        assert "a-ablated" in md and "| b" in md

@@ -275,6 +275,8 @@ class Context(Protocol):
 
     def load_model(self, model_id: str) -> Detector: ...
 
+    def ablations(self) -> list[DetectorSpec]: ...
+
     def unit(self, unit_id: str, key: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]: ...
 
     def score(self, det: Detector, manifest: Manifest, view: str, perturbation: str | None = None) -> ScoredSet: ...
@@ -454,7 +456,7 @@ def run_robustness(ctx: Context, spec: DetectorSpec) -> list[dict[str, Any]]:
 
 def run_ablations(ctx: Context) -> list[dict[str, Any]]:
     """Each configured ablation variant through the in-distribution protocol."""
-    return [run_in_distribution(ctx, spec, protocol="ablations") for spec in ctx.config.protocols.ablations]
+    return [run_in_distribution(ctx, spec, protocol="ablations") for spec in ctx.ablations()]
 
 
 PROTOCOL_FUNCTIONS: dict[str, Callable[..., Any]] = {

@@ -96,8 +96,10 @@ class BenchmarkRunner:
         force: bool = False,
         show_progress: bool = True,
         log: Callable[[str], None] | None = None,
+        only: set[str] | None = None,
     ):
         self.config = config
+        self.only = set(only) if only else None  # run only these detector / ablation labels (a shard of the run)
         self.out = Path(out or config.out or f"runs/bench/{config.name}").expanduser().resolve()
         self.units_dir = self.out / "units"
         self.cache_dir = Path(config.cache_dir).expanduser().resolve() if config.cache_dir else self.out / "models"
@@ -128,7 +130,7 @@ class BenchmarkRunner:
         p = self.config.protocols
         enabled = [name for name in PROTOCOL_FUNCTIONS if getattr(p, name)]
         self.log(f"benchmark: {len(self.benchmark)} images; detectors: {', '.join(d.label for d in detectors)}; "
-                 f"protocols: {', '.join(enabled + (['ablations'] if p.ablations else []))}")
+                 f"protocols: {', '.join(enabled + (['ablations'] if self.ablations() else []))}")
         for spec in detectors:
             for name in enabled:
                 if spec.protocols is not None and name not in spec.protocols:
@@ -137,7 +139,7 @@ class BenchmarkRunner:
                     PROTOCOL_FUNCTIONS[name](self, spec)
                 except Exception as exc:  # a protocol that cannot even set up (e.g. bad hold-out) is recorded
                     self._record_failure(f"{name}/{spec.label}", exc)
-        if p.ablations:
+        if self.ablations():
             run_ablations(self)
         from .report import write_report
 
@@ -151,7 +153,11 @@ class BenchmarkRunner:
         specs = self.config.resolved_detectors(list_detectors())
         for s in specs:
             s.config = copy.deepcopy(s.config)
-        return specs
+        return [s for s in specs if self.only is None or s.label in self.only]
+
+    def ablations(self) -> list[DetectorSpec]:
+        """The configured ablation variants (those in ``only`` when the run is a shard)."""
+        return [s for s in self.config.protocols.ablations if self.only is None or s.label in self.only]
 
     def _record_failure(self, what: str, exc: BaseException) -> None:
         msg = f"{type(exc).__name__}: {exc}"
@@ -276,26 +282,14 @@ class BenchmarkRunner:
             return Manifest.read(c.benchmark)
         b = c.build
         assert b is not None
-        reals = load_real_manifest(b.real)
-        available = sorted({r.modality for r in reals})
-        mods = available if b.modalities == "all" else [m for m in b.modalities if m in available]
-        missing = [] if b.modalities == "all" else [m for m in b.modalities if m not in available]
-        if missing:
-            self.log(f"[build] no reals of modality {', '.join(missing)}: left out")
-        reals = reals.filter(modality=set(mods))
-        imported = self._imported(b.imported_fakes, set(mods))
-        split_real, _ = benchmark_split(reals, imported, test_fraction=b.test_fraction, seed=b.seed)
+        reals, imported, mods, plan = self._generator_plan()
         options = BuildOptions(size=b.size, fit=b.fit, per_class=b.per_class, jpeg_quality=b.jpeg_quality,
                                resize=b.resize, match_resolution=b.match_resolution, matched_real=b.matched_real,
                                max_imported_per_generator=b.max_imported_per_generator,
                                test_fraction=b.test_fraction, seed=b.seed, modalities=tuple(mods))
         fakes, sources, gen_keys = [], {}, []
-        instances = [inst for g in b.generators for inst in g.expand(mods)]
-        per_mod = {m: sum(1 for i in instances if i.modality == m) for m in mods}
-        for inst in instances:
-            train_rows = split_real.filter(modality=inst.modality, split="train")
-            n_real = sum(1 for r in split_real if r.modality == inst.modality)
-            man, src, gkey = self.generator(inst, train_rows, self._n_samples(inst, n_real, per_mod[inst.modality]))
+        for inst, train_rows, n_samples in plan:
+            man, src, gkey = self.generator(inst, train_rows, n_samples)
             fakes.append(man)
             sources[inst.name] = src
             gen_keys.append(gkey)
@@ -324,6 +318,43 @@ class BenchmarkRunner:
         self.log(f"[build] {len(result.manifest)} images; format check {'passed' if fmt['passed'] else 'FAILED'}"
                  + ("" if fmt["passed"] else f": {fmt['failures']}"))
         return result.manifest
+
+    def _generator_plan(self) -> tuple[Manifest, Manifest | None, list[str], list[tuple[GeneratorInstance, Manifest, int]]]:
+        """The build's reals, imported fakes, modalities and (generator, train-split reals, n_samples) plan."""
+        b = self.config.build
+        assert b is not None
+        reals = load_real_manifest(b.real)
+        available = sorted({r.modality for r in reals})
+        mods = available if b.modalities == "all" else [m for m in b.modalities if m in available]
+        missing = [] if b.modalities == "all" else [m for m in b.modalities if m not in available]
+        if missing:
+            self.log(f"[build] no reals of modality {', '.join(missing)}: left out")
+        reals = reals.filter(modality=set(mods))
+        imported = self._imported(b.imported_fakes, set(mods))
+        split_real, _ = benchmark_split(reals, imported, test_fraction=b.test_fraction, seed=b.seed)
+        instances = [inst for g in b.generators for inst in g.expand(mods)]
+        per_mod = {m: sum(1 for i in instances if i.modality == m) for m in mods}
+        plan = []
+        for inst in instances:
+            train_rows = split_real.filter(modality=inst.modality, split="train")
+            n_real = sum(1 for r in split_real if r.modality == inst.modality)
+            plan.append((inst, train_rows, self._n_samples(inst, n_real, per_mod[inst.modality])))
+        return reals, imported, mods, plan
+
+    def train_generators(self, names: set[str] | None = None, modalities: set[str] | None = None) -> list[str]:
+        """Train and sample the build's generators (only ``names`` / ``modalities`` when given) without
+        building the benchmark or running detectors. Several processes may each train a disjoint
+        subset into the same run folder; a later full run finds them in place (keyed by config hash)."""
+        if self.config.build is None:
+            raise ValueError("this config has no build section: there are no generators to train")
+        self.out.mkdir(parents=True, exist_ok=True)
+        done = []
+        for inst, train_rows, n_samples in self._generator_plan()[3]:
+            if (names and inst.name not in names) or (modalities and inst.modality not in modalities):
+                continue
+            self.generator(inst, train_rows, n_samples)
+            done.append(inst.name)
+        return done
 
     def _imported(self, source: str | None, mods: set[str]) -> Manifest | None:
         if not source:
@@ -401,15 +432,19 @@ def run_config(
     force: bool = False,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    only: set[str] | None = None,
 ) -> dict[str, Any]:
-    """Load (and optionally scale) a run config and run it; return the run summary."""
+    """Load (and optionally scale) a run config and run it; return the run summary. ``only``: run just
+    these detector / ablation labels — several such shards can share one run folder, and a last run
+    without ``only`` (``resume``) finds their units done and writes the complete report."""
     from .config import scaled
 
     if isinstance(config, RunConfig):
         cfg = scaled(config, quick) if quick is not None else config
     else:
         cfg = RunConfig.load(config, quick=quick)
-    return BenchmarkRunner(cfg, out, resume=resume, force=force, show_progress=show_progress, log=log).run()
+    return BenchmarkRunner(cfg, out, resume=resume, force=force, show_progress=show_progress, log=log,
+                           only=only).run()
 
 
 __all__ = ["BenchmarkRunner", "run_config"]

@@ -121,15 +121,29 @@ def run(
     quick: float | None = typer.Option(None, "--quick", help="Scale factor in (0, 1] for generator steps, samples, "
                                        "images per class, epochs and bootstrap draws."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    only: list[str] = typer.Option([], "--only", help="Run only this detector or ablation label (repeatable): "
+                                   "a shard of the run; shards may share --out, and a last --resume run without "
+                                   "--only writes the complete report."),
+    generators_only: bool = typer.Option(False, "--generators-only", help="Only train and sample the build's "
+                                         "generators (no benchmark, no detectors)."),
+    modality: list[str] = typer.Option([], "--modality", help="With --generators-only: only this modality's "
+                                       "generators (repeatable), so several processes can share the work."),
 ) -> None:
     """Run every configured protocol for every configured detector; write tables, plots and report.html."""
-    from ..benchmark.config import ConfigError
-    from ..benchmark.runner import run_config
+    from ..benchmark.config import ConfigError, RunConfig
+    from ..benchmark.runner import BenchmarkRunner, run_config
 
+    log = lambda msg: console.print(msg, markup=False, highlight=False)  # noqa: E731
     try:
+        if generators_only:
+            cfg = RunConfig.load(config, quick=quick)
+            runner = BenchmarkRunner(cfg, out, resume=True, show_progress=progress, log=log)
+            done = runner.train_generators(modalities=set(modality) or None)
+            console.print(f"generators ready in {runner.out / 'generators'}: {', '.join(done) or 'none matched'}")
+            return
         summary = run_config(config, out, quick=quick, resume=resume, force=force, show_progress=progress,
-                             log=lambda msg: console.print(msg, markup=False, highlight=False))
-    except (FileNotFoundError, FileExistsError, ConfigError) as err:
+                             log=log, only=set(only) or None)
+    except (FileNotFoundError, FileExistsError, ConfigError, ValueError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     console.print(f"units run {summary['units_run']}, skipped {summary['units_skipped']}, "
