@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--patches", type=int, default=8)
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--models-out", default="runs/issue5-default-models", help="where the two models are saved")
+    ap.add_argument("--reuse", action="store_true", help="load the models of an earlier run from --models-out")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -107,12 +108,17 @@ def main() -> None:
     labels = gens = mods = None
     runs = {"recipe": data, "recipe+factory": augmented}
     for name, d in runs.items():
-        det = create_detector("forensic_cnn", seed=0, **cfg)
-        train_set, val_set = training_datasets(d, det.preprocessing, seed=0)
-        t0 = time.time()
-        det.fit(train_set, val_set)
-        timing[name] = round(time.time() - t0, 1)
-        det.save(Path(args.models_out) / name.replace("+", "_"), overwrite=True)
+        model_dir = Path(args.models_out) / name.replace("+", "_")
+        if args.reuse and (model_dir / "config.json").is_file():  # an earlier run of this script
+            det = load_detector(model_dir)
+            timing[name] = float(det.training_summary.get("seconds", 0.0))
+        else:
+            det = create_detector("forensic_cnn", seed=0, **cfg)
+            train_set, val_set = training_datasets(d, det.preprocessing, seed=0)
+            t0 = time.time()
+            det.fit(train_set, val_set)
+            timing[name] = round(time.time() - t0, 1)
+            det.save(model_dir, overwrite=True)
         print(f"[{name}] trained in {timing[name]} s on {len(d.train)} rows", flush=True)
         scored = score_manifest(det, test, view="matched", show_progress=False)
         scores[name] = scored.scores

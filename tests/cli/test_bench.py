@@ -70,3 +70,12 @@ def test_bench_run_reports_a_bad_config(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"name": "x", "detectors": []}))
     res = runner.invoke(app, ["bench", "run", "--config", str(tmp_path / "bad.json")])
     assert res.exit_code == 2 and "needs either" in res.output
+
+
+def test_bench_run_generators_only_needs_a_build_section(tmp_path):
+    with bank_detector_registered() as bank:
+        cfg = {"name": "x", "benchmark": str(tmp_path / "m.csv"), "detectors": [{"detector": bank}]}
+        (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+        res = runner.invoke(app, ["bench", "run", "-c", str(tmp_path / "cfg.json"), "--generators-only",
+                                  "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "no build section" in res.output, res.output
