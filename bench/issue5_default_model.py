@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -118,7 +119,8 @@ def main() -> None:
             t0 = time.time()
             det.fit(train_set, val_set)
             timing[name] = round(time.time() - t0, 1)
-            det.save(model_dir, overwrite=True)
+            shutil.rmtree(model_dir, ignore_errors=True)  # only this script writes here
+            det.save(model_dir)
         print(f"[{name}] trained in {timing[name]} s on {len(d.train)} rows", flush=True)
         scored = score_manifest(det, test, view="matched", show_progress=False)
         scores[name] = scored.scores
