@@ -161,17 +161,35 @@ class BankDetector(Detector):
         self.bank_gen = [""] * len(self.bank_y)
 
 
+class RealOnlyDetector(BankDetector):
+    """An unsupervised toy detector: distance of the residual features from the reals' mean."""
+
+    name = "_bench_test_real_only"
+    supervised = False
+
+    def fit(self, train, val=None):
+        labels = {int(it["label"]) for it in train}
+        if labels != {0}:
+            raise AssertionError(f"an unsupervised detector was given labels {labels}")
+        self.w = torch.cat([self._features(torch.stack([it["image"] for it in train])).mean(dim=0), torch.zeros(1)])
+        return {"n": len(train)}
+
+    def _score_arrays(self, batch):
+        return (self._features(batch) - self.w[:2]).norm(dim=1).numpy()
+
+
 @contextlib.contextmanager
-def bank_detector_registered():
-    """Register :class:`BankDetector` for the duration of a block (the global registry is left as found)."""
+def bank_detector_registered(cls: type[Detector] = BankDetector):
+    """Register a toy detector (:class:`BankDetector` by default) for the duration of a block (the
+    global registry is left as found); yields its registry name."""
     from medforensics.detectors import registry
 
     registry._ensure_builtin()
-    registry.register_detector(BankDetector)
+    registry.register_detector(cls)
     try:
-        yield BANK_DETECTOR
+        yield cls.name
     finally:
-        registry._REGISTRY.pop(BANK_DETECTOR, None)
+        registry._REGISTRY.pop(cls.name, None)
 
 
 TINY_FCNN = {"width": 4, "epochs": 1, "batch_size": 8, "patches_per_image": 2, "patch_size": 16, "patch_stride": 16,

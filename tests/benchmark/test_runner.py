@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from bench_toy_data import bank_detector_registered
+from bench_toy_data import RealOnlyDetector, bank_detector_registered
 
 from medforensics.benchmark.config import ConfigError, RunConfig, scaled
 from medforensics.benchmark.runner import BenchmarkRunner
@@ -175,3 +175,21 @@ def test_detector_shards_share_a_run_folder_and_a_last_run_only_reports(toy_benc
         assert final["units_run"] == 0 and final["units_skipped"] == 3
         md = (out / "results/tables.md").read_text()
         assert "a-ablated" in md and "| b" in md
+
+
+def test_unsupervised_detector_shares_one_model_across_held_out_generators(toy_benchmark, tmp_path):
+    """Leaving fakes out changes nothing an unsupervised detector learns from: LOGO/LOFO reuse its model."""
+    protocols = {"logo_holdouts": ["ddpm-xray"], "published": False, "few_shot": False, "robustness": False}
+    with bank_detector_registered(RealOnlyDetector) as real_only, bank_detector_registered() as bank:
+        dets = [{"detector": real_only, "label": "ro", "config": {"preprocessing": {"size": 32}}},
+                {"detector": bank, "label": "sup", "config": {"preprocessing": {"size": 32}}}]
+        cfg = _cfg(str(toy_benchmark.manifest_path), bank, detectors=dets, protocols=protocols)
+        s = BenchmarkRunner(cfg, tmp_path / "r", show_progress=False, log=LOG).run()
+    assert s["units_failed"] == []
+    ids = ["in_distribution/{}", "logo/{}/ddpm-xray", "lofo/{}/diffusion", "lofo/{}/gan", "lofo/{}/vae"]
+    units = lambda label: [json.loads((tmp_path / "r/units" / f"{u.format(label)}.json").read_text()) for u in ids]
+    ro, sup = units("ro"), units("sup")
+    assert len(ro) == len(sup) == 5  # in-distribution, one LOGO hold-out, three LOFO families
+    assert len({u["model"] for u in ro}) == 1  # one model for every real-only unit
+    assert len({u["model"] for u in sup}) == 5  # the supervised detector is retrained per hold-out
+    assert s["models_trained"] == 1 + 5

@@ -6,10 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medforensics.eval import balanced_sample_indices, bootstrap_metrics, compute_metrics
 from medforensics.eval import bootstrap as bootstrap_mod
-from medforensics.eval.bootstrap import batch_metrics, summarize
+from medforensics.eval.bootstrap import batch_metrics, draw_weights, summarize
 
 
 def _decent(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +77,28 @@ def test_balanced_accuracy_not_dominated_by_big_class() -> None:
     scores = np.full(labels.size, 0.9)
     res = bootstrap_metrics(labels, scores, n_iter=20, metrics=("acc",))
     assert res["acc"]["mean"] == pytest.approx(0.5)
-    assert res["acc"]["point"] == pytest.approx(1000 / 1010)
+    assert res["acc"]["point"] == pytest.approx(0.5)  # weighted as the draws are, not 1000/1010
+    assert compute_metrics(labels, scores)["acc"] == pytest.approx(1000 / 1010)
+
+
+def test_point_estimate_is_the_quantity_the_interval_is_for() -> None:
+    # reals: one source; fakes: a big generator the detector misses, a small one it catches.
+    # Pooled, the big generator dominates (AUC ≈ 0.2); group-balanced, each generator counts half.
+    rng = np.random.default_rng(3)
+    real = rng.normal(0.5, 0.1, 300)
+    big, small = rng.normal(0.3, 0.1, 900), rng.normal(0.9, 0.05, 30)
+    labels = np.r_[np.zeros(300), np.ones(930)].astype(int)
+    scores = np.r_[real, big, small]
+    groups = np.array(["r"] * 300 + ["big"] * 900 + ["small"] * 30)
+    res = bootstrap_metrics(labels, scores, groups=groups, n_iter=200, seed=0, metrics=("auc", "ap", "acc"))
+    pooled = compute_metrics(labels, scores)["auc"]
+    assert pooled < 0.3
+    for m in ("auc", "ap", "acc"):
+        assert res[m]["lo"] <= res[m]["point"] <= res[m]["hi"], m
+    w = draw_weights(labels, groups)
+    assert w[labels == 1].sum() == pytest.approx(1) and w[-1] == pytest.approx(0.5 / 30)
+    assert res["auc"]["point"] == pytest.approx(roc_auc_score(labels, scores, sample_weight=w))
+    assert 0.5 < res["auc"]["point"] < 0.7 and not res["auc"]["lo"] <= pooled <= res["auc"]["hi"]
 
 
 def test_group_balancing() -> None:
@@ -188,7 +210,16 @@ def _reference_bootstrap(labels, scores, groups, n_iter, seed, metrics, chunk):
     rows = np.concatenate([draw(rng, min(chunk, n_iter - s)) for s in range(0, n_iter, chunk)])
     targets = bootstrap_mod._fpr_targets(metrics)
     reps = [compute_metrics(lab[r], np.asarray(scores)[r], 0.5, targets) for r in rows]
-    point = compute_metrics(lab, scores, 0.5, targets)
+    # the point: every class, and every group within a class, weighted equally (as the draws are)
+    weight = np.zeros(lab.size)
+    for c in (0, 1):
+        members = np.flatnonzero(lab == c)
+        grp = np.zeros(lab.size, dtype=int) if groups is None else np.asarray(groups)
+        names = sorted(set(grp[members].tolist()))
+        for g in names:
+            in_g = members[grp[members] == g]
+            weight[in_g] = 1.0 / (len(names) * in_g.size)
+    point = compute_metrics(lab, scores, 0.5, targets, sample_weight=weight)
     return {m: summarize([r[m] for r in reps], point[m]) for m in metrics}
 
 

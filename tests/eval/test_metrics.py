@@ -118,3 +118,16 @@ def test_validation_applies_to_eer_and_threshold() -> None:
         equal_error_rate([0, 1], [0.1])
     with pytest.raises(ValueError, match="threshold"):
         compute_metrics([0, 1], [0.1, 0.9], threshold=float("nan"))
+
+
+def test_integer_sample_weights_equal_repeating_samples() -> None:
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 60)
+    scores = np.round(rng.random(60), 1)  # ties included
+    weights = rng.integers(1, 4, 60)
+    weighted = compute_metrics(labels, scores, 0.5, sample_weight=weights)
+    repeated = compute_metrics(np.repeat(labels, weights), np.repeat(scores, weights), 0.5)
+    for key in ("acc", "ap", "auc", "eer", "real_acc", "fake_acc", "tpr@fpr=0.1"):
+        assert weighted[key] == pytest.approx(repeated[key], abs=1e-9), key
+    with pytest.raises(ValueError, match="sample_weight"):
+        compute_metrics(labels, scores, sample_weight=-weights)

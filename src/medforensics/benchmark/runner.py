@@ -37,7 +37,7 @@ import numpy as np
 
 from ..data import ImageDataset, Manifest, shared_manifest, train_val_split
 from ..data.processing import RandomPostProcess
-from ..detectors import Detector, create_detector, list_detectors, load_detector
+from ..detectors import Detector, create_detector, get_detector_class, list_detectors, load_detector
 from .build import (
     BUILD_FILE,
     MANIFEST_FILE,
@@ -75,6 +75,16 @@ def _default(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# Bumped when the stored metrics change meaning, so finished units are recomputed on --resume
+# (2: point estimates weighted as the class/group-balanced bootstrap draws).
+METRICS_VERSION = 2
+
+
+def _training_rows(spec: DetectorSpec, train: Manifest) -> Manifest:
+    """The rows a detector actually learns from: all of them, or the reals for an unsupervised one."""
+    return train if get_detector_class(spec.detector).supervised else train.filter(label="real")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -169,7 +179,7 @@ class BenchmarkRunner:
         """Run ``fn`` unless a finished unit with the same key exists; store its result atomically."""
         c = self.config
         full_key = {**key, "benchmark": self.benchmark_fp, "views": c.views, "n_boot": c.n_boot, "seed": c.seed,
-                    "training": dataclasses.asdict(c.training)}
+                    "training": dataclasses.asdict(c.training), "metrics": METRICS_VERSION}
         h = spec_hash(full_key)
         path = self.units_dir / f"{unit_id}.json"
         old = _read_json(path) if path.exists() else None
@@ -197,8 +207,10 @@ class BenchmarkRunner:
                           show_progress=self.show_progress)
 
     def model_key(self, spec: DetectorSpec, train: Manifest) -> dict[str, Any]:
+        """What determines a trained model. An unsupervised detector never sees the fakes, so only the
+        real rows count: its leave-one-generator/family-out models are the in-distribution one."""
         return {"detector": spec.key(), "training": dataclasses.asdict(self.config.training),
-                "data": self._rows_fingerprint(train)}
+                "data": self._rows_fingerprint(_training_rows(spec, train))}
 
     def trained(self, spec: DetectorSpec, train: Manifest) -> tuple[Detector, str]:
         """A detector trained on ``train`` — from the cache when the same config was trained before."""
@@ -239,14 +251,12 @@ class BenchmarkRunner:
 
     def _datasets(self, det: Detector, train: Manifest) -> tuple[ImageDataset, ImageDataset, dict[str, int]]:
         c = self.config.training
-        rows = list(train)
+        rows = list(train if det.supervised else train.filter(label="real"))
         if c.max_train and len(rows) > c.max_train:
             rows = sorted(rows, key=lambda r: rank_key(self.config.seed, "train:" + r.path))[: c.max_train]
         split = train_val_split(train.with_rows([r.copy(split="") for r in rows]), val_fraction=c.val_fraction,
                                 seed=self.config.seed)
         tr, va = split.subset("train"), split.subset("val")
-        if not det.supervised:
-            tr, va = tr.filter(label="real"), va.filter(label="real")
         transform = RandomPostProcess() if c.augment else None
         counts = {"train_real": int((tr.labels == 0).sum()), "train_fake": int(tr.labels.sum()),
                   "val_real": int((va.labels == 0).sum()), "val_fake": int(va.labels.sum())}

@@ -19,7 +19,11 @@ All randomness comes from one ``np.random.default_rng(seed)``, so a run is repro
 iteration draws fresh indices.
 
 Replicates are computed for blocks of iterations at once (:func:`batch_metrics`: one sort per
-iteration, numpy only); the point estimate is :func:`~medforensics.eval.metrics.compute_metrics`'s.
+iteration, numpy only). The point estimate is the metric on the full data *weighted as the draws
+are* (:func:`draw_weights`: each class, and each group within a class, the same total weight),
+so the interval and the point estimate describe one quantity. On class-balanced data without
+groups that is plain :func:`~medforensics.eval.metrics.compute_metrics`; on a pooled set where a
+large group dominates the unweighted metric, the unweighted number may lie outside the interval.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .metrics import metrics_unchecked, tpr_key, validate_inputs
 
-__all__ = ["batch_metrics", "bootstrap_metrics", "balanced_sample_indices", "summarize"]
+__all__ = ["batch_metrics", "bootstrap_metrics", "balanced_sample_indices", "draw_weights", "summarize"]
 
 DEFAULT_METRICS: tuple[str, ...] = ("acc", "ap", "auc", "eer")
 _BASE_METRICS = {"acc", "ap", "auc", "eer", "eer_threshold", "real_acc", "fake_acc"}
@@ -90,6 +94,24 @@ def _make_drawer(lab: NDArray[np.int64], grp: np.ndarray | None, n_per_class: in
         n = int(n_per_class)
     samplers = [_class_sampler(i, grp) for i in present]
     return (lambda rng, b: np.concatenate([s(rng, (b, n)) for s in samplers], axis=1)), n * len(samplers)
+
+
+def draw_weights(labels: ArrayLike, groups: ArrayLike | None = None) -> NDArray[np.float64]:
+    """Per-sample weights of the balanced draw: each present class sums to 1, and within a class
+    each group present in it gets an equal share (split evenly over its samples)."""
+    lab = np.asarray(labels).astype(np.int64)
+    grp = None if groups is None else np.asarray(groups).astype(str)
+    w = np.zeros(lab.shape[0], dtype=np.float64)
+    for c in (0, 1):
+        idx = np.flatnonzero(lab == c)
+        if not idx.size:
+            continue
+        if grp is None:
+            w[idx] = 1.0 / idx.size
+            continue
+        _, inv, sizes = np.unique(grp[idx], return_inverse=True, return_counts=True)
+        w[idx] = 1.0 / (sizes.size * sizes[inv])
+    return w
 
 
 def _fpr_targets(metrics: Sequence[str]) -> tuple[float, ...]:
@@ -235,7 +257,8 @@ def bootstrap_metrics(
     """Class-balanced bootstrap of ``metrics``: ``{metric: {mean, lo, hi, std, point, n}}``.
 
     ``lo``/``hi`` are the ``ci`` percentile interval of the replicates, ``point`` the metric on
-    the full (unresampled) data, ``n`` the number of iterations in which the metric was defined.
+    the full (unresampled) data weighted as the draws are (:func:`draw_weights`), ``n`` the
+    number of iterations in which the metric was defined.
     """
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
@@ -260,5 +283,5 @@ def bootstrap_metrics(
         res = batch_metrics(lab_sorted[key], sc_sorted[key], threshold, targets, presorted=True)
         for m in metrics:
             reps[m][start : start + b] = res[m]
-    point = metrics_unchecked(lab, sc, threshold, targets)
+    point = metrics_unchecked(lab, sc, threshold, targets, draw_weights(lab, groups))
     return {m: summarize(reps[m], point[m], ci) for m in metrics}

@@ -61,8 +61,10 @@ def validate_inputs(labels: ArrayLike, scores: ArrayLike) -> tuple[NDArray[np.in
     return lab_f.astype(np.int64), sc
 
 
-def _roc(labels: NDArray[np.int64], scores: NDArray[np.float64]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+def _roc(
+    labels: NDArray[np.int64], scores: NDArray[np.float64], weight: NDArray[np.float64] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    fpr, tpr, thr = roc_curve(labels, scores, sample_weight=weight, drop_intermediate=False)
     return fpr, tpr, thr
 
 
@@ -113,8 +115,10 @@ def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, target_fpr: float) -> float
     return _tpr_at_fpr_from_roc(fpr, tpr, target_fpr)
 
 
-def _safe_mean(x: np.ndarray) -> float:
-    return float(x.mean()) if x.size else NAN
+def _safe_mean(x: np.ndarray, w: np.ndarray | None = None) -> float:
+    if not x.size:
+        return NAN
+    return float(x.mean()) if w is None else float(np.average(x, weights=w))
 
 
 def metrics_unchecked(
@@ -122,13 +126,15 @@ def metrics_unchecked(
     sc: NDArray[np.float64],
     threshold: float,
     fpr_targets: Iterable[float],
+    sample_weight: NDArray[np.float64] | None = None,
 ) -> dict[str, Any]:
     """:func:`compute_metrics` without input validation (for already-validated arrays)."""
+    w = sample_weight
     pred = sc >= threshold
     real, fake = lab == 0, lab == 1
     n_real, n_fake = int(real.sum()), int(fake.sum())
     out: dict[str, Any] = {
-        "acc": float((pred == fake).mean()),
+        "acc": _safe_mean(pred == fake, w),
         "ap": NAN,
         "auc": NAN,
         "eer": NAN,
@@ -138,16 +144,16 @@ def metrics_unchecked(
     for t in targets:
         out[tpr_key(t)] = NAN
     if n_real and n_fake:
-        fpr, tpr, thr = _roc(lab, sc)
+        fpr, tpr, thr = _roc(lab, sc, w)
         # rounding drops float noise of the trapezoid sums (a perfect ranking gives exactly 1.0)
-        out["ap"] = round(float(average_precision_score(lab, sc)), 12)
-        out["auc"] = round(float(roc_auc_score(lab, sc)), 12)
+        out["ap"] = round(float(average_precision_score(lab, sc, sample_weight=w)), 12)
+        out["auc"] = round(float(roc_auc_score(lab, sc, sample_weight=w)), 12)
         eer, out["eer_threshold"] = _eer_from_roc(fpr, tpr, thr)
         out["eer"] = round(eer, 12)
         for t in targets:
             out[tpr_key(t)] = _tpr_at_fpr_from_roc(fpr, tpr, t)
-    out["real_acc"] = _safe_mean(~pred[real])
-    out["fake_acc"] = _safe_mean(pred[fake])
+    out["real_acc"] = _safe_mean(~pred[real], None if w is None else w[real])
+    out["fake_acc"] = _safe_mean(pred[fake], None if w is None else w[fake])
     out["threshold"] = float(threshold)
     out["n_real"] = n_real
     out["n_fake"] = n_fake
@@ -159,6 +165,7 @@ def compute_metrics(
     scores: ArrayLike,
     threshold: float = 0.5,
     fpr_targets: Iterable[float] = DEFAULT_FPR_TARGETS,
+    sample_weight: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """All detection metrics for one set of predictions.
 
@@ -166,9 +173,19 @@ def compute_metrics(
     ``eer``, ``eer_threshold``, ``tpr@fpr=<t>`` for each target (largest TPR with FPR <= t),
     ``real_acc`` (specificity), ``fake_acc`` (recall), ``threshold``, ``n_real``, ``n_fake``.
     With only one class present the ranking metrics (ap, auc, eer, tpr@fpr) are NaN and the
-    accuracy of the missing class is NaN.
+    accuracy of the missing class is NaN. ``sample_weight`` (one non-negative weight per sample)
+    weighs every metric, as scikit-learn's ``sample_weight`` does.
     """
     if not math.isfinite(float(threshold)):
         raise ValueError(f"threshold must be finite, got {threshold!r}")
     lab, sc = validate_inputs(labels, scores)
-    return metrics_unchecked(lab, sc, float(threshold), fpr_targets)
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.shape != lab.shape:
+            raise ValueError(f"sample_weight has shape {w.shape} but there are {lab.shape[0]} labels")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError("sample_weight must be finite and non-negative")
+        if any(lab[lab == c].size and w[lab == c].sum() <= 0 for c in (0, 1)):
+            raise ValueError("sample_weight gives a present class zero total weight")
+    return metrics_unchecked(lab, sc, float(threshold), fpr_targets, w)
