@@ -21,6 +21,7 @@ the factory does not contain? The paired difference has a bootstrap interval.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -34,9 +35,10 @@ from _common import emit, peak_rss_mib  # noqa: E402
 
 
 def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list[str], mods: list[str],
-                   n_boot: int, seed: int) -> dict:
+                   matched: set[str], n_boot: int, seed: int) -> dict:
     """Per published generator AUC (its fakes vs the test reals of its modality) for each model, and
-    the paired bootstrap of the mean over generators of (recipe+factory − recipe)."""
+    the paired bootstrap of the mean over generators of (recipe+factory − recipe) — over all published
+    generators and over the anatomy-matched ones (``matched``)."""
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(seed)
@@ -49,31 +51,98 @@ def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list
         mod = mods_a[fake[0]]
         real = np.flatnonzero((labels == 0) & (mods_a == mod))
         index[g] = (real, fake)
-        per_gen[g] = {"modality": str(mod), "n_fake": int(len(fake)), "n_real": int(len(real))}
+        per_gen[g] = {"modality": str(mod), "n_fake": int(len(fake)), "n_real": int(len(real)),
+                      "anatomy_matched": g in matched}
         for model, sc in scores.items():
             per_gen[g][model] = float(roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))],
                                                     np.r_[sc[real], sc[fake]]))
-    models = list(scores)
-    mean = {m: float(np.mean([per_gen[g][m] for g in names])) for m in models}
-    diffs = []
-    for _ in range(n_boot):
-        d = []
-        for g in names:
+    diffs = np.empty((n_boot, len(names)))  # per draw and generator: AUC(recipe+factory) − AUC(recipe)
+    for i in range(n_boot):
+        for j, g in enumerate(names):
             real, fake = index[g]
             r, f = rng.choice(real, len(real)), rng.choice(fake, len(fake))
             y = np.r_[np.zeros(len(r)), np.ones(len(f))]
             a = roc_auc_score(y, np.r_[scores["recipe+factory"][r], scores["recipe+factory"][f]])
             b = roc_auc_score(y, np.r_[scores["recipe"][r], scores["recipe"][f]])
-            d.append(a - b)
-        diffs.append(np.mean(d))
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"per_generator": per_gen, "mean_auc": mean,
-            "delta_factory_minus_recipe": {"mean": float(np.mean(diffs)), "ci95": [float(lo), float(hi)]}}
+            diffs[i, j] = a - b
+
+    def summary(cols: list[int]) -> dict:
+        sel = [names[j] for j in cols]
+        d = diffs[:, cols].mean(axis=1)
+        lo, hi = np.percentile(d, [2.5, 97.5])
+        return {"generators": len(sel), "mean_auc": {m: float(np.mean([per_gen[g][m] for g in sel])) for m in scores},
+                "delta_factory_minus_recipe": {"mean": float(d.mean()), "ci95": [float(lo), float(hi)]}}
+
+    overall = summary(list(range(len(names))))
+    return {"per_generator": per_gen, **overall,
+            "anatomy_matched": summary([j for j, g in enumerate(names) if g in matched])}
+
+
+CARD_SECTION = "## Retraining on the development benchmark"
+
+
+def card_section(result: dict) -> str:
+    """The model card's section on the issue-5 question, written from this script's result."""
+    per_gen, mean = result["per_generator"], result["mean_auc"]
+    delta = result["delta_factory_minus_recipe"]
+    lo, hi = delta["ci95"]
+    b = result["budget"]
+    lines = [
+        CARD_SECTION,
+        "",
+        "Would adding the development benchmark's factory fakes (our DDPM, DCGAN and VAE, one of each per "
+        "modality, `bench/dev_benchmark_medium.yaml`) to this model's training data improve it on the "
+        "published generators, which the factory does not contain?",
+        "",
+        f"`bench/issue5_default_model.py` trains this recipe twice at one equal, reduced budget (width "
+        f"{b['width']}, {b['epochs']} epochs, {b['patches_per_image']} patches per image): *recipe* as shipped "
+        f"({result['train_rows']['recipe']} training rows), and *recipe+factory* with "
+        f"{result['extra']['factory_fakes']} factory fakes and {result['extra']['reals_64px_history']} reals "
+        "given the factory's 64 px → 256 history (only reals whose original is in this model's training split). "
+        f"Both, and the shipped model, are scored on the test split above ({result['test_rows']} images, "
+        "matched view). AUC per published generator (its fakes vs the test reals of its modality):",
+        "",
+        "| generator | modality | fakes | recipe | recipe+factory | shipped |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for g, r in per_gen.items():
+        lines.append(f"| {g}{'' if r['anatomy_matched'] else ' †'} | {r['modality']} | {r['n_fake']} | {r['recipe']:.2f} | {r['recipe+factory']:.2f} | "
+                     f"{r['shipped']:.2f} |")
+    am = result["anatomy_matched"]
+    for label, block in (("mean", result), ("mean, anatomy-matched", am)):
+        m = block["mean_auc"]
+        lines.append(f"| **{label}** | | | **{m['recipe']:.2f}** | **{m['recipe+factory']:.2f}** | "
+                     f"**{m['shipped']:.2f}** |")
+    alo, ahi = am["delta_factory_minus_recipe"]["ci95"]
+    lines += ["", "† anatomy-mismatched: no real image of the same anatomy in its modality.", "",
+              f"Mean over generators of (recipe+factory − recipe): {delta['mean']:+.3f}, 95% paired bootstrap "
+              f"interval [{lo:+.3f}, {hi:+.3f}]; over the {am['generators']} anatomy-matched generators "
+              f"{am['delta_factory_minus_recipe']['mean']:+.3f} [{alo:+.3f}, {ahi:+.3f}]."]
+    if lo > 0 and alo > 0:
+        lines.append("**Decision: the factory fakes help; the shipped model is to be retrained with them.**")
+    else:
+        lines.append("**Decision: not retrained.** Adding the factory fakes does not clearly improve the results on "
+                     "the published generators" + (" (an interval includes zero)." if max(hi, ahi) > 0 else
+                                                   " (it makes them worse)."))
+    return "\n".join(lines) + "\n"
+
+
+def write_card_section(card: Path, section: str) -> None:
+    """Put ``section`` into the model card: replace an earlier one, else insert it before Limitations."""
+    text = card.read_text()
+    start = text.find(CARD_SECTION)
+    if start >= 0:
+        end = text.find("\n## ", start + len(CARD_SECTION))
+        text = text[:start] + section + ("\n" + text[end + 1:] if end >= 0 else "")
+    else:
+        at = text.find("## Limitations")
+        text = text[:at] + section + "\n" + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + section
+    card.write_text(text)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--benchmark", required=True, help="benchmark folder written by `bench run` / `bench build`")
+    ap.add_argument("--benchmark", help="benchmark folder written by `bench run` / `bench build`")
     ap.add_argument("--workdir", default="runs/work-issue5-default")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--width", type=int, default=16)
@@ -82,10 +151,21 @@ def main() -> None:
     ap.add_argument("--models-out", default="runs/issue5-default-models", help="where the two models are saved")
     ap.add_argument("--reuse", action="store_true", help="load the models of an earlier run from --models-out")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--model-card", default=None,
+                    help="write the result as a section of this MODEL_CARD.md (the shipped model's card)")
+    ap.add_argument("--from-json", default=None, help="only write --model-card from an earlier --json result")
     args = ap.parse_args()
+    if args.from_json:
+        if not args.model_card:
+            ap.error("--from-json needs --model-card")
+        write_card_section(Path(args.model_card), card_section(json.loads(Path(args.from_json).read_text())))
+        return
+    if not args.benchmark:
+        ap.error("--benchmark is required")
 
     from medforensics.benchmark.protocol import score_manifest
     from medforensics.data import Manifest, shared_manifest
+    from medforensics.data.shared import anatomy_matched
     from medforensics.detectors import create_detector, load_detector, pretrained_dir
     from medforensics.train.recipes import PreparedData, prepare_supervised_data, training_datasets
 
@@ -126,6 +206,7 @@ def main() -> None:
         scores[name] = scored.scores
         labels, gens, mods = scored.labels, [r.generator if r.label == "fake" else "" for r in scored.rows], \
             [r.modality for r in scored.rows]
+    matched = {r.generator for r in test if r.label == "fake" and anatomy_matched(r, shared)}
     shipped = load_detector(pretrained_dir("default"))
     scored = score_manifest(shipped, test, view="matched", show_progress=False)
     assert list(scored.labels) == list(labels), "test rows scored in a different order"
@@ -139,11 +220,13 @@ def main() -> None:
         "train_seconds": timing,
         "test_rows": len(test),
         "view": "matched",
-        **_published_auc(np.asarray(labels), scores, gens, mods, args.n_boot, seed=0),
+        **_published_auc(np.asarray(labels), scores, gens, mods, matched, args.n_boot, seed=0),
         "cpu": f"{os.cpu_count()} logical cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "peak_rss_mib": peak_rss_mib(),
     }
     emit(result, args.json)
+    if args.model_card:
+        write_card_section(Path(args.model_card), card_section(result))
 
 
 if __name__ == "__main__":
