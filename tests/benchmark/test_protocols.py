@@ -65,6 +65,9 @@ def test_outputs_csv_json_markdown_html_plots(full_run):
     for section in ("Leave-one-generator-out", "Leave-one-family-out", "Factory → published generators", "Few-shot",
                     "Robustness", "Ablations", "Format-statistics check"):
         assert section in md
+    # published generators: one row per generator with its test-fake count, one table per real set
+    per_gen = md.split("AUC [95% CI] per generator, vs plain reals")[1].split("\n## ")[0]
+    assert "(n=4)" in per_gen and "| mean over generators |" in per_gen and "mean, anatomy-matched" in per_gen
     html = (res / "report.html").read_text()
     assert "<table" in html and html.count("data:image/png;base64") >= 5
     plots = {p.name for p in (res / "plots").glob("*.png")}
@@ -83,6 +86,9 @@ def test_metric_values_are_consistent(full_run):
         assert 0 <= auc["lo"] <= auc["hi"] <= 1 and 0 <= auc["point"] <= 1
         labels = [s[1] for s in res["scores"]]
         assert res["all"]["n_real"] == labels.count(0) and res["all"]["n_fake"] == labels.count(1)
+        per_gen = res["per_generator"]  # each generator's fakes vs the reals of its modality
+        assert sum(m["n_fake"] for m in per_gen.values()) == res["all"]["n_fake"]
+        assert all(0 < m["n_real"] <= res["all"]["n_real"] for m in per_gen.values())
     plain = [s[2] for s in ind["views"]["plain"]["scores"]]
     matched = [s[2] for s in ind["views"]["matched"]["scores"]]
     assert plain != matched  # the matched view really changes the inputs

@@ -257,6 +257,11 @@ def scored_metrics(scored: ScoredSet, tau: float, n_boot: int, seed: int, *, by_
                                      [r.generator if r.label == "fake" else "" for r in rows], threshold=tau,
                                      bootstrap=True, n_iter=n_boot, seed=seed)
         gens.pop("all", None)
+        for g, m in gens.items():
+            fake = [r for r in rows if r.label == "fake" and r.generator == g]
+            mods = {r.modality for r in fake}
+            m["n_fake"] = len(fake)
+            m["n_real"] = sum(r.label == "real" and r.modality in mods for r in rows)
         out["per_generator"] = gens
     out["scores"] = [[r.path, int(y), round(float(s), 6)] for r, y, s in zip(rows, lab, sc)]
     return out

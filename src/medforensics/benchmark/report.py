@@ -135,6 +135,34 @@ def _table(rows: dict[str, dict[str, Any]], title: str, *, intervals: str | None
     return metric_table(rows, intervals=intervals, estimate="point", mean=mean, title=title)
 
 
+def _published_by_generator(published: list[dict[str, Any]], tset: str, mismatched: set[str]) -> MetricTable | None:
+    """One row per published generator (with its number of test fakes), one column per detector · view,
+    and the mean AUC over all and over the anatomy-matched generators."""
+    per_gen: dict[str, dict[str, Any]] = {}
+    aucs: dict[str, dict[str, float]] = {}  # column → generator → AUC point
+    for u in published:
+        det = _parts(u["unit"])[1]
+        for view, res in u.get("test_sets", {}).get(tset, {}).items():
+            col = f"{det} · {view}"
+            for g, m in res.get("per_generator", {}).items():
+                label = f"{g}{' †' if g in mismatched else ''} (n={m.get('n_fake', '?')})"
+                per_gen.setdefault(label, {})[col] = m
+                aucs.setdefault(col, {})[g] = _value(m.get("auc"))
+    rows = dict(sorted(per_gen.items()))
+    for label, keep in (("mean over generators", lambda g: True),
+                        ("mean, anatomy-matched", lambda g: g not in mismatched)):
+        rows[label] = {col: {"auc": _nanmean([v for g, v in by_g.items() if keep(g)])} for col, by_g in aucs.items()}
+    table = _table(rows, "published", intervals="auc", mean=False)
+    if table is not None:
+        table.header[0] = "Published generator († anatomy-mismatched; n = test fakes)"
+    return table
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def build_tables(units: list[dict[str, Any]]) -> dict[str, MetricTable]:
     """Every result table of a run, keyed by section name."""
     tables: dict[str, MetricTable | None] = {}
@@ -161,26 +189,22 @@ def build_tables(units: list[dict[str, Any]]) -> dict[str, MetricTable]:
         tables[f"{title}: Acc/AP on the held-out part"] = _table(rows, title)
         tables[f"{title}: AUC [95% CI] on the held-out part"] = _table(rows, title, intervals="auc")
     pooled: dict[str, dict[str, Any]] = {}
-    per_gen: dict[str, dict[str, Any]] = {}  # transposed: one row per published generator
     mismatched: set[str] = set()
-    for u in _ok(units, "published"):
+    published = _ok(units, "published")
+    for u in published:
         det = _parts(u["unit"])[1]
         mismatched |= set(u.get("anatomy_mismatched", []))
         for tset, views in u.get("test_sets", {}).items():
             for view, res in views.items():
-                col = f"{det} · {view} · vs {tset}"
                 if "all" in res:
-                    pooled.setdefault(col, {})["all published fakes"] = res["all"]
-                for g, m in res.get("per_generator", {}).items():
-                    per_gen.setdefault(g + (" †" if g in mismatched else ""), {})[col] = m
-    tables["Factory → published generators: AUC [95% CI], all published fakes pooled"] = _table(
+                    pooled.setdefault(f"{det} · {view} · vs {tset}", {})["all published fakes"] = res["all"]
+    tables["Factory → published generators: AUC [95% CI], all published fakes pooled (source-balanced)"] = _table(
         pooled, "published", intervals="auc", mean=False)
-    tables["Factory → published generators: Acc/AP, all published fakes pooled"] = _table(pooled, "published",
-                                                                                          mean=False)
-    by_gen = _table(dict(sorted(per_gen.items())), "published", intervals="auc", mean=False)
-    if by_gen is not None:
-        by_gen.header[0] = "Published generator († anatomy-mismatched)"
-    tables["Factory → published generators: AUC [95% CI] per generator"] = by_gen
+    tables["Factory → published generators: Acc/AP, all published fakes pooled (source-balanced)"] = _table(
+        pooled, "published", mean=False)
+    for tset in sorted({t for u in published for t in u.get("test_sets", {})}):
+        tables[f"Factory → published generators: AUC [95% CI] per generator, vs {tset}"] = _published_by_generator(
+            published, tset, mismatched)
     rows = {}
     for u in _ok(units, "few_shot"):
         _, det, g = _parts(u["unit"])
