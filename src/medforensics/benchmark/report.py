@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..data import Manifest
-from ..eval.tables import MetricTable, metric_table
+from ..eval.tables import MetricTable, _nanmean, metric_table
 from .config import RunConfig
 from .protocols import AXES, CLEAN_SEVERITY
 
@@ -156,11 +156,6 @@ def _published_by_generator(published: list[dict[str, Any]], tset: str, mismatch
     if table is not None:
         table.header[0] = "Published generator († anatomy-mismatched; n = test fakes)"
     return table
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 def build_tables(units: list[dict[str, Any]]) -> dict[str, MetricTable]:
