@@ -48,6 +48,13 @@ def test_train_refuses_to_overwrite_a_model(tiny_manifest, tmp_path, tiny_model_
     assert res.exit_code == 2 and "--force" in res.output
 
 
+def test_train_reports_an_unreadable_extra_train_manifest(tiny_manifest, tmp_path):
+    res = runner.invoke(app, ["train", "forensic_cnn", "--manifest", str(tiny_manifest.path), "--out",
+                              str(tmp_path / "model"), "--extra-train", str(tmp_path / "missing.csv"), *TINY])
+    assert res.exit_code == 2 and "missing.csv" in res.output
+    assert not (tmp_path / "model").exists()
+
+
 def test_data_index_builds_a_split_manifest(tmp_path):
     import numpy as np
     from PIL import Image

@@ -11,7 +11,7 @@ import typer
 from ..data import Manifest, shared_manifest
 from ..detectors import create_detector, list_detectors
 from ..detectors.card import render_model_card
-from ..train.recipes import prepare_supervised_data, training_datasets
+from ..train.recipes import add_training_rows, prepare_supervised_data, training_datasets
 from .common import console, refuse_overwrite
 
 
@@ -37,6 +37,9 @@ def train(
     backbone: str | None = typer.Option(None, "--backbone", help="Pretrained backbone: a Hugging Face name or a "
                                          "local directory (detectors with a backbone option)."),
     options: list[str] = typer.Option([], "--set", help="Detector option key=value (JSON values), repeatable."),
+    extra_train: list[Path] = typer.Option([], "--extra-train", help="Also train on this manifest's train-split rows "
+                                           "(e.g. a benchmark's factory fakes; repeatable). Rows derived from a "
+                                           "validation or test image are dropped."),
     seed: int = typer.Option(0, help="Seed for split, data and model."),
     tamper_fraction: float = typer.Option(0.5, help="Fraction of real images given a tampered copy."),
     evaluate: bool = typer.Option(True, help="Evaluate on the test split and put the numbers in the model card."),
@@ -50,6 +53,13 @@ def train(
         m = m.filter(lambda r: r.modality in modality)
         if not len(m):
             raise typer.BadParameter(f"no rows of modality {', '.join(modality)} in the manifest")
+    extras = {}
+    for path in extra_train:  # read up front: a bad file fails before the split and the training
+        try:
+            extras[path] = Manifest.read(path)
+        except (OSError, ValueError) as exc:
+            console.print(f"[red]error:[/red] cannot read --extra-train manifest {path}: {exc}")
+            raise typer.Exit(2) from None
     config = _parse_options(options)
     if backbone is not None:
         config["backbone"] = backbone
@@ -59,6 +69,8 @@ def train(
         console.print(f"[red]error:[/red] cannot create detector {name!r}: {exc}")
         raise typer.Exit(2) from None
     data = prepare_supervised_data(m, workdir, seed=seed, tamper_fraction=tamper_fraction if det.supervised else 0.0)
+    for path, extra in extras.items():
+        data = add_training_rows(data, extra, source=str(path))
     console.print(f"data: {json.dumps(data.summary)}")
     train_set, val_set = training_datasets(data, det.preprocessing, seed=seed, real_only=not det.supervised)
     summary = det.fit(train_set, val_set)
@@ -69,6 +81,7 @@ def train(
     args = ["train", name, "--out", str(out), "--workdir", str(workdir), "--seed", str(seed),
             "--tamper-fraction", str(tamper_fraction), "--n-boot", str(n_boot)]
     args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
+    args += [a for p in extra_train for a in ("--extra-train", str(p))]
     args += [a for mod in modality for a in ("--modality", mod)] + (["--backbone", backbone] if backbone else [])
     command = "medforensics " + " ".join(shlex.quote(a) for a in args)
     det.save(out, model_card=render_model_card(det, command=command))  # saved before the (long) evaluation

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ..data import ImageDataset, Manifest, ManifestRow, anatomy_matched, patient_split, train_val_split
+from ..data.manifest import resolve_path
 from ..data.processing import History, RandomPostProcess
 from ..io.preprocess import Preprocessing
 
@@ -105,6 +106,35 @@ def prepare_supervised_data(
     summary["anatomy_mismatched_fakes_dropped_from_train_val"] = dropped
     summary["seed"] = seed
     return PreparedData(parts["train"], parts["val"], parts["test"], summary)
+
+
+def add_training_rows(data: PreparedData, extra: Manifest, *, source: str = "extra") -> PreparedData:
+    """Add ``extra``'s training rows (its ``split == "train"`` rows, or all when it has no split) to ``data.train``.
+
+    Typical use: a benchmark's factory fakes and their history-matched reals (``bench build``).
+    Rows derived from a validation or test image of ``data`` (their ``input_path``) are dropped, so
+    nothing held out leaks into training; validation and test are left as they are.
+    """
+    import os
+
+    def key(path: str | Path) -> str:
+        return os.path.realpath(str(path))
+
+    held_out = {key(r.resolve(m.root)) for m in (data.val, data.test) for r in m}
+    rows = [r for r in extra if r.split in ("", "train")]
+    keep = [r for r in rows if not (r.get("input_path") and key(resolve_path(r.get("input_path"), extra.root)) in held_out)]
+    added = {
+        "manifest": source,
+        "real": sum(r.label == "real" for r in keep),
+        "fake": sum(r.label == "fake" for r in keep),
+        "dropped_derived_from_val_test": len(rows) - len(keep),
+        "skipped_not_train_split": len(extra) - len(rows),
+    }
+    summary = {**data.summary, "extra_train": [*data.summary.get("extra_train", []), added]}
+    if not keep:
+        return PreparedData(data.train, data.val, data.test, summary)
+    return PreparedData(Manifest.concat([data.train, Manifest.from_rows(keep, root=extra.root)]), data.val, data.test,
+                        summary)
 
 
 def training_datasets(
