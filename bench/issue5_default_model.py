@@ -16,6 +16,11 @@ Both, and the shipped model, are scored on the shared test split (reals, publish
 fakes, tampered copies) in the processing-matched view. The question of the issue is answered by
 the published generators' per-generator AUC: does adding the factory fakes help on generators
 the factory does not contain? The paired difference has a bootstrap interval.
+
+After a full-budget retrain (``bench/train_default.sh --extra-train …``), ``--candidate DIR`` scores it
+and the previous model (``--baseline DIR``, default the shipped one) on the same test split; the rule
+``KEEP_RULE`` decides which one ships. ``--from-json CHECK --retrain-json RETRAIN --model-card CARD``
+writes both results into the model card.
 """
 
 from __future__ import annotations
@@ -35,9 +40,10 @@ from _common import emit, peak_rss_mib  # noqa: E402
 
 
 def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list[str], mods: list[str],
-                   matched: set[str], n_boot: int, seed: int) -> dict:
+                   matched: set[str], n_boot: int, seed: int, pair: tuple[str, str] = ("recipe+factory", "recipe"),
+                   delta_key: str = "delta_factory_minus_recipe") -> dict:
     """Per published generator AUC (its fakes vs the test reals of its modality) for each model, and
-    the paired bootstrap of the mean over generators of (recipe+factory − recipe) — over all published
+    the paired bootstrap of the mean over generators of (``pair[0]`` − ``pair[1]``) — over all published
     generators and over the anatomy-matched ones (``matched``)."""
     from sklearn.metrics import roc_auc_score
 
@@ -56,14 +62,15 @@ def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list
         for model, sc in scores.items():
             per_gen[g][model] = float(roc_auc_score(np.r_[np.zeros(len(real)), np.ones(len(fake))],
                                                     np.r_[sc[real], sc[fake]]))
-    diffs = np.empty((n_boot, len(names)))  # per draw and generator: AUC(recipe+factory) − AUC(recipe)
+    new, old = pair
+    diffs = np.empty((n_boot, len(names)))  # per draw and generator: AUC(new) − AUC(old)
     for i in range(n_boot):
         for j, g in enumerate(names):
             real, fake = index[g]
             r, f = rng.choice(real, len(real)), rng.choice(fake, len(fake))
             y = np.r_[np.zeros(len(r)), np.ones(len(f))]
-            a = roc_auc_score(y, np.r_[scores["recipe+factory"][r], scores["recipe+factory"][f]])
-            b = roc_auc_score(y, np.r_[scores["recipe"][r], scores["recipe"][f]])
+            a = roc_auc_score(y, np.r_[scores[new][r], scores[new][f]])
+            b = roc_auc_score(y, np.r_[scores[old][r], scores[old][f]])
             diffs[i, j] = a - b
 
     def summary(cols: list[int]) -> dict:
@@ -71,18 +78,89 @@ def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list
         d = diffs[:, cols].mean(axis=1)
         lo, hi = np.percentile(d, [2.5, 97.5])
         return {"generators": len(sel), "mean_auc": {m: float(np.mean([per_gen[g][m] for g in sel])) for m in scores},
-                "delta_factory_minus_recipe": {"mean": float(d.mean()), "ci95": [float(lo), float(hi)]}}
+                delta_key: {"mean": float(d.mean()), "ci95": [float(lo), float(hi)]}}
 
     overall = summary(list(range(len(names))))
     return {"per_generator": per_gen, **overall,
             "anatomy_matched": summary([j for j, g in enumerate(names) if g in matched])}
 
 
+def _paired_test_auc(labels: np.ndarray, new: np.ndarray, old: np.ndarray, fakes: np.ndarray, n_boot: int,
+                     seed: int) -> dict:
+    """AUC of both models on the test reals vs the ``fakes`` (a boolean mask), and the paired bootstrap of
+    AUC(new) − AUC(old): reals and those fakes resampled separately, the same draw for both models."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    real, fake = np.flatnonzero(labels == 0), np.flatnonzero(fakes & (labels == 1))
+    y = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+    d = np.empty(n_boot)
+    for i in range(n_boot):
+        r, f = rng.choice(real, len(real)), rng.choice(fake, len(fake))
+        d[i] = roc_auc_score(y, np.r_[new[r], new[f]]) - roc_auc_score(y, np.r_[old[r], old[f]])
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return {"n_fake": int(len(fake)), "n_real": int(len(real)),
+            "auc": {"retrained": float(roc_auc_score(y, np.r_[new[real], new[fake]])),
+                    "previous": float(roc_auc_score(y, np.r_[old[real], old[fake]]))},
+            "delta_retrained_minus_previous": {"mean": float(d.mean()), "ci95": [float(lo), float(hi)]}}
+
+
+# Decided before the retrained model was scored: keep it only if it is better on the published generators
+# (higher mean AUC over all of them and over the anatomy-matched ones) and not worse on the test split as
+# a whole (AUC over all test fakes, published + tampered, at most 0.01 lower).
+KEEP_RULE = ("keep the retrained model only if its mean AUC over the published generators is higher than the "
+             "previous model's, both over all of them and over the anatomy-matched ones, and its AUC over all "
+             "test fakes (published + tampered) is at most 0.01 lower")
+
+
+def keep_retrained(result: dict) -> bool:
+    """The decision rule ``KEEP_RULE`` applied to a ``--candidate`` result."""
+    key = "delta_retrained_minus_previous"
+    return (result[key]["mean"] > 0 and result["anatomy_matched"][key]["mean"] > 0
+            and result["all_test_fakes"][key]["mean"] >= -0.01)
+
+
 CARD_SECTION = "## Retraining on the development benchmark"
 
 
-def card_section(result: dict) -> str:
-    """The model card's section on the issue-5 question, written from this script's result."""
+def _ci(block: dict) -> str:
+    lo, hi = block["ci95"]
+    return f"{block['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def _retrain_lines(result: dict) -> str:
+    """The card's text on the full-budget retrain (a ``--candidate`` result)."""
+    key = "delta_retrained_minus_previous"
+    lines = ["### Full-budget retrain with the factory rows", "",
+             "`bench/train_default.sh` (the shipped command) with `--extra-train` the medium benchmark's manifest: "
+             + "; ".join(f"{e['fake']} factory fakes and {e['real']} reals added, {e['dropped_derived_from_val_test']} "
+                         "rows derived from validation/test images dropped" for e in result["extra"])
+             + f"; {result['train_seconds']} s of training on 2 CPU cores. Both models scored on the same test split "
+             f"({result['test_rows']} images, matched view). AUC per published generator:", "",
+             "| generator | fakes | previous | retrained |", "|---|---:|---:|---:|"]
+    for g, r in result["per_generator"].items():
+        lines.append(f"| {g}{'' if r['anatomy_matched'] else ' †'} | {r['n_fake']} | {r['previous']:.2f} | "
+                     f"{r['retrained']:.2f} |")
+    for label, block in (("mean", result), ("mean, anatomy-matched", result["anatomy_matched"])):
+        m = block["mean_auc"]
+        lines.append(f"| **{label}** | | **{m['previous']:.2f}** | **{m['retrained']:.2f}** |")
+    for label, block in (("all test fakes (published + tampered)", result["all_test_fakes"]),
+                         ("tampered copies", result["tampered"])):
+        m = block["auc"]
+        lines.append(f"| {label} | {block['n_fake']} | {m['previous']:.2f} | {m['retrained']:.2f} |")
+    kept = keep_retrained(result)
+    lines += ["", "Retrained − previous, 95% paired bootstrap interval: published generators "
+              f"{_ci(result[key])}; anatomy-matched {_ci(result['anatomy_matched'][key])}; all test fakes "
+              f"{_ci(result['all_test_fakes'][key])}; tampered {_ci(result['tampered'][key])}.", "",
+              f"Rule, fixed before scoring: {KEEP_RULE}. "
+              + ("**Decision: the retrained model is shipped** (this card's training and test sections describe it)."
+                 if kept else "**Decision: not shipped** — the previous model stays.")]
+    return "\n".join(lines)
+
+
+def card_section(result: dict, retrain: dict | None = None) -> str:
+    """The model card's section on the issue-5 question, written from this script's results (the check,
+    and the full-budget retrain when there is one)."""
     per_gen, mean = result["per_generator"], result["mean_auc"]
     delta = result["delta_factory_minus_recipe"]
     lo, hi = delta["ci95"]
@@ -118,7 +196,10 @@ def card_section(result: dict) -> str:
               f"Mean over generators of (recipe+factory − recipe): {delta['mean']:+.3f}, 95% paired bootstrap "
               f"interval [{lo:+.3f}, {hi:+.3f}]; over the {am['generators']} anatomy-matched generators "
               f"{am['delta_factory_minus_recipe']['mean']:+.3f} [{alo:+.3f}, {ahi:+.3f}]."]
-    if alo > 0 and lo <= 0:
+    if retrain is not None:
+        lines += ["", "Because of the anatomy-matched gain, the shipped recipe was retrained at full budget with "
+                  "the factory rows added.", "", _retrain_lines(retrain)]
+    elif alo > 0 and lo <= 0:
         lines.append("**Decision: not retrained yet.** On the anatomy-matched generators the factory fakes help "
                      "significantly, but over all published generators the interval includes zero, and the "
                      "anatomy-matched generators have few test fakes here. Retraining the shipped model "
@@ -145,6 +226,49 @@ def write_card_section(card: Path, section: str) -> None:
     card.write_text(text)
 
 
+def compare_retrained(candidate: Path, baseline: str | None, workdir: str, n_boot: int) -> dict:
+    """Score a retrained model and the previous one on the shipped recipe's test split (matched view)."""
+    from medforensics.benchmark.protocol import score_manifest
+    from medforensics.data import shared_manifest
+    from medforensics.data.shared import anatomy_matched
+    from medforensics.detectors import load_detector, pretrained_dir
+
+    shared = shared_manifest()
+    test = prepare_test_split(shared, workdir)
+    scores, scored = {}, None
+    for name, path in (("retrained", candidate), ("previous", Path(baseline) if baseline else pretrained_dir("default"))):
+        scored = score_manifest(load_detector(path), test, view="matched", show_progress=False)
+        scores[name] = scored.scores
+        print(f"[{name}] scored {len(scored.scores)} test images", flush=True)
+    labels = np.asarray(scored.labels)
+    gens = [r.generator if r.label == "fake" else "" for r in scored.rows]
+    mods = [r.modality for r in scored.rows]
+    matched = {r.generator for r in test if r.label == "fake" and anatomy_matched(r, shared)}
+    tampered = np.array([r.family == "tamper" for r in scored.rows])
+    det = load_detector(candidate)
+    extra = det.training_summary.get("data", {}).get("extra_train", [])
+    return {
+        "benchmark": "issue5_default_retrain",
+        "candidate": str(candidate), "baseline": str(baseline or "shipped default"),
+        "extra": [{k: e[k] for k in ("real", "fake", "dropped_derived_from_val_test")} for e in extra],
+        "train_seconds": det.training_summary.get("seconds"),
+        "test_rows": len(test), "view": "matched",
+        **_published_auc(labels, scores, gens, mods, matched, n_boot, seed=0, pair=("retrained", "previous"),
+                         delta_key="delta_retrained_minus_previous"),
+        "all_test_fakes": _paired_test_auc(labels, scores["retrained"], scores["previous"], labels == 1, n_boot, 0),
+        "tampered": _paired_test_auc(labels, scores["retrained"], scores["previous"], tampered, n_boot, 0),
+        "cpu": f"{os.cpu_count()} logical cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def prepare_test_split(shared, workdir: str):
+    """The shipped recipe's test split (seed 0, tampered copies of half the reals)."""
+    from medforensics.train.recipes import prepare_supervised_data
+
+    return prepare_supervised_data(shared, workdir, seed=0, tamper_fraction=0.5).test
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmark", help="benchmark folder written by `bench run` / `bench build`")
@@ -159,11 +283,19 @@ def main() -> None:
     ap.add_argument("--model-card", default=None,
                     help="write the result as a section of this MODEL_CARD.md (the shipped model's card)")
     ap.add_argument("--from-json", default=None, help="only write --model-card from an earlier --json result")
+    ap.add_argument("--candidate", default=None,
+                    help="compare this retrained model directory with --baseline on the test split instead")
+    ap.add_argument("--baseline", default=None, help="the previous model (default: the shipped one)")
+    ap.add_argument("--retrain-json", default=None, help="with --from-json: a --candidate result to add to the card")
     args = ap.parse_args()
     if args.from_json:
         if not args.model_card:
             ap.error("--from-json needs --model-card")
-        write_card_section(Path(args.model_card), card_section(json.loads(Path(args.from_json).read_text())))
+        retrain = json.loads(Path(args.retrain_json).read_text()) if args.retrain_json else None
+        write_card_section(Path(args.model_card), card_section(json.loads(Path(args.from_json).read_text()), retrain))
+        return
+    if args.candidate:
+        emit(compare_retrained(Path(args.candidate), args.baseline, args.workdir, args.n_boot), args.json)
         return
     if not args.benchmark:
         ap.error("--benchmark is required")
@@ -172,19 +304,12 @@ def main() -> None:
     from medforensics.data import Manifest, shared_manifest
     from medforensics.data.shared import anatomy_matched
     from medforensics.detectors import create_detector, load_detector, pretrained_dir
-    from medforensics.train.recipes import PreparedData, prepare_supervised_data, training_datasets
+    from medforensics.train.recipes import add_training_rows, prepare_supervised_data, training_datasets
 
     shared = shared_manifest()
     data = prepare_supervised_data(shared, args.workdir, seed=0, tamper_fraction=0.5)
-    train_originals = {os.path.normpath(str(r.resolve(data.train.root))) for r in data.train if r.label == "real"}
-    bench = Manifest.read(Path(args.benchmark) / "manifest.csv")
-    bench_train = bench.filter(lambda r: r.split == "train")
-    factory = [r for r in bench_train if r.label == "fake" and r.get("role") == "factory"]
-    reals = [r for r in bench_train if r.label == "real"
-             and os.path.normpath(r.get("input_path")) in train_originals]
-    extra = Manifest.from_rows(factory + reals, root=bench.root)
-    augmented = PreparedData(Manifest.concat([data.train, extra]), data.val, data.test,
-                             {**data.summary, "extra_factory_fakes": len(factory), "extra_64px_reals": len(reals)})
+    augmented = add_training_rows(data, Manifest.read(Path(args.benchmark) / "manifest.csv"), source=args.benchmark)
+    added = augmented.summary["extra_train"][-1]
 
     cfg = {"width": args.width, "epochs": args.epochs, "patches_per_image": args.patches, "batch_size": 16,
            "progress": False}
@@ -221,7 +346,7 @@ def main() -> None:
         "benchmark": "issue5_default_model",
         "budget": cfg,
         "train_rows": {"recipe": len(data.train), "recipe+factory": len(augmented.train)},
-        "extra": {"factory_fakes": len(factory), "reals_64px_history": len(reals)},
+        "extra": {"factory_fakes": added["fake"], "reals_64px_history": added["real"]},
         "train_seconds": timing,
         "test_rows": len(test),
         "view": "matched",
