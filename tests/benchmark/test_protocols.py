@@ -68,6 +68,8 @@ def test_outputs_csv_json_markdown_html_plots(full_run):
     # published generators: one row per generator with its test-fake count, one table per real set
     per_gen = md.split("AUC [95% CI] per generator, vs plain reals")[1].split("\n## ")[0]
     assert "(n=4)" in per_gen and "| mean over generators |" in per_gen and "mean, anatomy-matched" in per_gen
+    few = [line for line in per_gen.splitlines() if "(n=4)" in line]  # too few fakes: AUC without an interval
+    assert few and all("AUC" in line and "[" not in line for line in few)
     html = (res / "report.html").read_text()
     assert "<table" in html and html.count("data:image/png;base64") >= 5
     plots = {p.name for p in (res / "plots").glob("*.png")}

@@ -135,9 +135,13 @@ def _table(rows: dict[str, dict[str, Any]], title: str, *, intervals: str | None
     return metric_table(rows, intervals=intervals, estimate="point", mean=mean, title=title)
 
 
+MIN_FAKES_FOR_INTERVAL = 5  # below this, a class-balanced bootstrap interval of one generator's AUC says nothing
+
+
 def _published_by_generator(published: list[dict[str, Any]], tset: str, mismatched: set[str]) -> MetricTable | None:
     """One row per published generator (with its number of test fakes), one column per detector · view,
-    and the mean AUC over all and over the anatomy-matched generators."""
+    and the mean AUC over all and over the anatomy-matched generators. Generators with fewer than
+    ``MIN_FAKES_FOR_INTERVAL`` test fakes get their AUC without an interval."""
     per_gen: dict[str, dict[str, Any]] = {}
     aucs: dict[str, dict[str, float]] = {}  # column → generator → AUC point
     for u in published:
@@ -146,6 +150,9 @@ def _published_by_generator(published: list[dict[str, Any]], tset: str, mismatch
             col = f"{det} · {view}"
             for g, m in res.get("per_generator", {}).items():
                 label = f"{g}{' †' if g in mismatched else ''} (n={m.get('n_fake', '?')})"
+                if isinstance(m.get("n_fake"), int) and m["n_fake"] < MIN_FAKES_FOR_INTERVAL \
+                        and isinstance(m.get("auc"), dict):
+                    m = {**m, "auc": {k: v for k, v in m["auc"].items() if k not in ("lo", "hi")}}
                 per_gen.setdefault(label, {})[col] = m
                 aucs.setdefault(col, {})[g] = _value(m.get("auc"))
     rows = dict(sorted(per_gen.items()))
@@ -154,7 +161,8 @@ def _published_by_generator(published: list[dict[str, Any]], tset: str, mismatch
         rows[label] = {col: {"auc": _nanmean([v for g, v in by_g.items() if keep(g)])} for col, by_g in aucs.items()}
     table = _table(rows, "published", intervals="auc", mean=False)
     if table is not None:
-        table.header[0] = "Published generator († anatomy-mismatched; n = test fakes)"
+        table.header[0] = (f"Published generator († anatomy-mismatched; n = test fakes; no interval for "
+                           f"n < {MIN_FAKES_FOR_INTERVAL})")
     return table
 
 
