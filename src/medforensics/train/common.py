@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -71,3 +71,26 @@ class BestState:
             self.state = copy.deepcopy(module.state_dict())
             return True
         return False
+
+
+class TrainingSetup(NamedTuple):
+    """What a supervised training loop starts from (see :func:`supervised_training_setup`)."""
+
+    rng: np.random.Generator
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+def supervised_training_setup(model: torch.nn.Module, train: Sequence, config: dict[str, Any], seed: int) -> TrainingSetup:
+    """Seed everything; a class-balanced loader over ``train``; AdamW with a one-cycle learning-rate
+    schedule over every batch of every epoch. ``config`` gives ``batch_size``, ``num_workers``, ``lr``,
+    ``weight_decay`` and ``epochs``; ``rng`` is a numpy generator seeded with ``seed`` for the loop."""
+    generator = seed_everything(seed)
+    rng = np.random.default_rng(seed)
+    loader = balanced_loader(train, config["batch_size"], generator, config["num_workers"],
+                             collate_fn=getattr(train, "collate", None))
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"],
+                                                total_steps=max(1, config["epochs"] * len(loader)))
+    return TrainingSetup(rng, loader, opt, sched)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ...train.common import BestState, balanced_loader, progress, seed_everything
+from ...train.common import BestState, progress, supervised_training_setup
 from ..base import Detector, merge_config
 from ..registry import register_detector
 from .model import ForensicCNN, patch_map, patchify, topk_mean
@@ -109,12 +109,7 @@ class ForensicCNNDetector(Detector):
         """Train with BCE on patches; keep the epoch with the best validation AUC; calibrate τ on val reals."""
 
         c = self.config
-        gen = seed_everything(self.seed)
-        rng = np.random.default_rng(self.seed)
-        collate = getattr(train, "collate", None)
-        loader = balanced_loader(train, c["batch_size"], gen, c["num_workers"], collate_fn=collate)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=max(1, c["epochs"] * len(loader)))
+        rng, loader, opt, sched = supervised_training_setup(self.model, train, c, self.seed)
         best, history, t0 = BestState(), [], time.time()
         best_topk = DEFAULT_TOPK if c["topk"] == "auto" else c["topk"]
         for epoch in range(c["epochs"]):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...train.common import BestState, balanced_loader, progress, seed_everything
+from ...train.common import BestState, progress, supervised_training_setup
 from ..base import Detector, merge_config
 from ..registry import register_detector
 from .model import NPRNet, cam_map
@@ -126,12 +126,7 @@ class ScratchCNNDetector(Detector):
         from ...eval.metrics import compute_metrics
 
         c = self.config
-        gen = seed_everything(self.seed)
-        rng = np.random.default_rng(self.seed)
-        collate = getattr(train, "collate", None)
-        loader = balanced_loader(train, c["batch_size"], gen, c["num_workers"], collate_fn=collate)
-        opt = torch.optim.AdamW(self.model.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c["lr"], total_steps=max(1, c["epochs"] * len(loader)))
+        rng, loader, opt, sched = supervised_training_setup(self.model, train, c, self.seed)
         val_x, val_y = _stack(val) if val is not None and len(val) else (None, None)
         best, history, t0 = BestState(), [], time.time()
         for epoch in range(c["epochs"]):
