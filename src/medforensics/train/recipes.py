@@ -14,6 +14,7 @@ JPEG, upscaled thumbnails) and sometimes by *anatomy*. The default recipe theref
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,6 @@ def add_training_rows(data: PreparedData, extra: Manifest, *, source: str = "ext
     Rows derived from a validation or test image of ``data`` (their ``input_path``) are dropped, so
     nothing held out leaks into training; validation and test are left as they are.
     """
-    import os
 
     def key(path: str | Path) -> str:
         return os.path.realpath(str(path))
