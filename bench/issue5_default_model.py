@@ -17,7 +17,9 @@ fakes, tampered copies) in the processing-matched view. The question of the issu
 the published generators' per-generator AUC: does adding the factory fakes help on generators
 the factory does not contain? The paired difference has a bootstrap interval.
 
-After a full-budget retrain (``bench/train_default.sh --extra-train …``), ``--candidate DIR`` scores it
+After a full-budget retrain (the shipped command of ``bench/train_default.sh`` with ``--out`` elsewhere
+and ``--extra-train <benchmark>/manifest.csv``; not the script itself, which overwrites the shipped
+model), ``--candidate DIR`` scores it
 and the previous model (``--baseline DIR``, default the shipped one) on the same test split; the rule
 ``KEEP_RULE`` decides which one ships. ``--from-json CHECK --retrain-json RETRAIN --model-card CARD``
 writes both results into the model card.
@@ -37,6 +39,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, peak_rss_mib  # noqa: E402
+
+
+def _paired_draw_delta(real: np.ndarray, fake: np.ndarray, new: np.ndarray, old: np.ndarray,
+                       rng: np.random.Generator) -> float:
+    """One paired bootstrap draw: reals and fakes resampled separately, AUC(new) − AUC(old) on that draw."""
+    from sklearn.metrics import roc_auc_score
+
+    r, f = rng.choice(real, len(real)), rng.choice(fake, len(fake))
+    y = np.r_[np.zeros(len(r)), np.ones(len(f))]
+    return roc_auc_score(y, np.r_[new[r], new[f]]) - roc_auc_score(y, np.r_[old[r], old[f]])
 
 
 def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list[str], mods: list[str],
@@ -66,12 +78,7 @@ def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list
     diffs = np.empty((n_boot, len(names)))  # per draw and generator: AUC(new) − AUC(old)
     for i in range(n_boot):
         for j, g in enumerate(names):
-            real, fake = index[g]
-            r, f = rng.choice(real, len(real)), rng.choice(fake, len(fake))
-            y = np.r_[np.zeros(len(r)), np.ones(len(f))]
-            a = roc_auc_score(y, np.r_[scores[new][r], scores[new][f]])
-            b = roc_auc_score(y, np.r_[scores[old][r], scores[old][f]])
-            diffs[i, j] = a - b
+            diffs[i, j] = _paired_draw_delta(*index[g], scores[new], scores[old], rng)
 
     def summary(cols: list[int]) -> dict:
         sel = [names[j] for j in cols]
@@ -94,10 +101,7 @@ def _paired_test_auc(labels: np.ndarray, new: np.ndarray, old: np.ndarray, fakes
     rng = np.random.default_rng(seed)
     real, fake = np.flatnonzero(labels == 0), np.flatnonzero(fakes & (labels == 1))
     y = np.r_[np.zeros(len(real)), np.ones(len(fake))]
-    d = np.empty(n_boot)
-    for i in range(n_boot):
-        r, f = rng.choice(real, len(real)), rng.choice(fake, len(fake))
-        d[i] = roc_auc_score(y, np.r_[new[r], new[f]]) - roc_auc_score(y, np.r_[old[r], old[f]])
+    d = np.array([_paired_draw_delta(real, fake, new, old, rng) for _ in range(n_boot)])
     lo, hi = np.percentile(d, [2.5, 97.5])
     return {"n_fake": int(len(fake)), "n_real": int(len(real)),
             "auc": {"retrained": float(roc_auc_score(y, np.r_[new[real], new[fake]])),
@@ -143,8 +147,9 @@ def _retrain_lines(result: dict) -> str:
     """The card's text on the full-budget retrain (a ``--candidate`` result)."""
     key = "delta_retrained_minus_previous"
     lines = ["### Full-budget retrain with the factory rows", "",
-             "The shipped training command (`bench/train_default.sh`) plus `--extra-train` with the medium "
-             "benchmark's manifest (`runs/bench/dev-medium/benchmark/manifest.csv`): "
+             "The shipped training command (`bench/train_default.sh`) with another `--out` and `--extra-train` "
+             "the medium benchmark's manifest (`runs/bench/dev-medium/benchmark/manifest.csv`; the exact command "
+             "is in the retrained model's own card): "
              + "; ".join(f"{e['fake']} factory fakes and {e['real']} reals added, {e['dropped_derived_from_val_test']} "
                          "rows derived from validation/test images dropped" for e in result["extra"])
              + f"; {result['train_seconds']} s of training on 2 CPU cores. Both models scored on the same test split "
@@ -254,12 +259,15 @@ def compare_retrained(candidate: Path, baseline: str | None, workdir: str, n_boo
     from medforensics.data import shared_manifest
     from medforensics.data.shared import anatomy_matched
     from medforensics.detectors import load_detector, pretrained_dir
+    from medforensics.train.recipes import prepare_supervised_data
 
     shared = shared_manifest()
-    test = prepare_test_split(shared, workdir)
+    test = prepare_supervised_data(shared, workdir, seed=0, tamper_fraction=0.5).test  # the shipped recipe's
+    det = load_detector(candidate)
     scores, scored = {}, None
-    for name, path in (("retrained", candidate), ("previous", Path(baseline) if baseline else pretrained_dir("default"))):
-        scored = score_manifest(load_detector(path), test, view="matched", show_progress=False)
+    for name, model in (("retrained", det), ("previous", load_detector(Path(baseline) if baseline else
+                                                                       pretrained_dir("default")))):
+        scored = score_manifest(model, test, view="matched", show_progress=False)
         scores[name] = scored.scores
         print(f"[{name}] scored {len(scored.scores)} test images", flush=True)
     labels = np.asarray(scored.labels)
@@ -267,7 +275,6 @@ def compare_retrained(candidate: Path, baseline: str | None, workdir: str, n_boo
     mods = [r.modality for r in scored.rows]
     matched = {r.generator for r in test if r.label == "fake" and anatomy_matched(r, shared)}
     tampered = np.array([r.family == "tamper" for r in scored.rows])
-    det = load_detector(candidate)
     extra = det.training_summary.get("data", {}).get("extra_train", [])
     return {
         "benchmark": "issue5_default_retrain",
@@ -282,13 +289,6 @@ def compare_retrained(candidate: Path, baseline: str | None, workdir: str, n_boo
         "cpu": f"{os.cpu_count()} logical cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "peak_rss_mib": peak_rss_mib(),
     }
-
-
-def prepare_test_split(shared, workdir: str):
-    """The shipped recipe's test split (seed 0, tampered copies of half the reals)."""
-    from medforensics.train.recipes import prepare_supervised_data
-
-    return prepare_supervised_data(shared, workdir, seed=0, tamper_fraction=0.5).test
 
 
 def main() -> None:
