@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) bench/io_throughput.py
-	$(PY) bench/scan_throughput.py
+	$(PY) bench/timing/io_throughput.py
+	$(PY) bench/timing/scan_throughput.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -6,7 +6,7 @@ US, SC; many transfer syntaxes), cycled with fresh SOP Instance UIDs when N exce
 instance is new content and is really decoded and scored. A second pass re-sends the same instances
 (answered from the store: content-hash dedup).
 
-    python bench/dicom_receiver.py [--n 200] [--model default] [--max-frames 16] [--json out.json]
+    python bench/timing/dicom_receiver.py [--n 200] [--model default] [--max-frames 16] [--json out.json]
 """
 
 from __future__ import annotations

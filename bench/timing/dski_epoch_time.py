@@ -6,21 +6,18 @@ efficientnet-lite0, adapters on 3 blocks) for one epoch with the paper's recipe 
 Prints and writes JSON: seconds per epoch, per image, peak RSS. This is a speed check, not an
 accuracy claim (one epoch on 200 images).
 
-    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/dski_epoch_time.py --json bench/results/dski_epoch_time.json
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/timing/dski_epoch_time.py --json bench/results/dski_epoch_time.json
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mib  # noqa: E402
+from _common import emit, peak_rss_mib
 
 
 def main() -> None:

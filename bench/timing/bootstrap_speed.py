@@ -6,7 +6,7 @@ current one scores blocks of iterations at once with numpy (``batch_metrics``). 
 the same data: 1000 scores (500 real, 500 fake, scores on a 0.01 grid so there are ties),
 100 iterations, default metrics (acc, ap, auc, eer) and the long list with tpr@fpr targets.
 
-    OMP_NUM_THREADS=1 python bench/bootstrap_speed.py [--repeat 5] [--json bench/results/bootstrap_speed.json]
+    OMP_NUM_THREADS=1 python bench/timing/bootstrap_speed.py [--repeat 5] [--json bench/results/bootstrap_speed.json]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Scan throughput of a model on 256×256 inputs: images/s (score only, score + map) and peak RSS.
 
-    python bench/scan_throughput.py [--model default] [--n 128] [--batch 16] [--json out.json]
+    python bench/timing/scan_throughput.py [--model default] [--n 128] [--batch 16] [--json out.json]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """I/O throughput alone: io.load (+ standardise to 256×256) on sample DICOMs and shared PNGs.
 
-    python bench/io_throughput.py [--repeat 3] [--png-limit 300] [--json out.json]
+    python bench/timing/io_throughput.py [--repeat 3] [--png-limit 300] [--json out.json]
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ request, for N in ``--clients``. Two modes per N:
 Bounded in count (``--requests`` per mode and N) and time (``--max-seconds`` per mode and N).
 Any non-200 response or per-item error counts as an error; the bench exits 1 if there is any.
 
-    OMP_NUM_THREADS=1 python bench/service_load.py [--requests 200] [--clients 1 4 8] [--json out.json]
+    OMP_NUM_THREADS=1 python bench/timing/service_load.py [--requests 200] [--clients 1 4 8] [--json out.json]
 """
 
 from __future__ import annotations

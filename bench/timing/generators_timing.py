@@ -1,6 +1,6 @@
 """Generator factory on the shared data: training time per 100 steps, sampling time per 100 images.
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/generators_timing.py [--modality ct] [--resolution 64]
+    OMP_NUM_THREADS=1 nice -n 10 python bench/timing/generators_timing.py [--modality ct] [--resolution 64]
         [--timing-steps 10] [--timing-samples 16] [--train diffusion=280,gan-bce=750,vae=800,latent_diffusion=1100]
         [--grids bench/results/grids] [--models runs/generators_bench] [--json out.json]
 
