@@ -1,9 +1,10 @@
 """A torch ``Dataset`` over a :class:`Manifest`: load → (transform) → preprocess.
 
-Every item goes through the same path whatever its label: the image is loaded at native
-resolution with :func:`medforensics.io.load`, an optional ``transform`` (e.g. randomised
-post-processing shared by reals and fakes) is applied at native resolution, then the detector's
-:class:`Preprocessing`. Randomness is drawn from ``np.random.default_rng([seed, epoch, index])``,
+Every item goes through the same path whatever its label, and it is the detector's saved chain:
+the image is read at native resolution with :meth:`Preprocessing.read` (so with the model's
+stored :class:`~medforensics.io.IntensityConfig`, exactly as a scan reads it), an optional
+``transform`` (e.g. randomised post-processing shared by reals and fakes) is applied at native
+resolution, then :class:`Preprocessing` standardises it (``Preprocessing.__call__``). Randomness is drawn from ``np.random.default_rng([seed, epoch, index])``,
 so an item is identical whenever it is read in the same epoch, in any worker.
 """
 
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..io.intensity import IntensityConfig
 from ..io.preprocess import Preprocessing
 from ..io.types import MedImage, UnreadableImageError
 from .manifest import Manifest, ManifestRow, resolve_path
@@ -66,7 +68,7 @@ class ImageDataset(Dataset):
         mask_column: str | None = None,
         seed: int = 0,
         cache: int | bool = False,
-        intensity: Any = None,
+        intensity: IntensityConfig | None = None,
         loader: Loader | None = None,
     ):
         if isinstance(manifest, Manifest):
@@ -75,13 +77,20 @@ class ImageDataset(Dataset):
         else:
             self.rows = list(manifest)
             self.root = Path(root if root is not None else ".").resolve()
+        if intensity is not None:  # kept for callers; the config belongs to the model's Preprocessing
+            if preprocessing is None:
+                preprocessing = Preprocessing(intensity=intensity)
+            elif preprocessing.intensity != intensity:
+                raise ValueError(
+                    "ImageDataset(intensity=...) differs from preprocessing.intensity; set the intensity "
+                    "config on the detector's Preprocessing so that it is saved with the model"
+                )
         self.preprocessing = preprocessing or Preprocessing()
         self.transform = transform
         self._transform_arity = transform_arity(transform) if transform is not None else 0
         self.mask_column = mask_column
         self.seed = int(seed)
         self.epoch = 0
-        self.intensity = intensity
         self.loader = loader
         self.cache_size = 256 if cache is True else int(cache or 0)
         self._cache: OrderedDict[int, MedImage] = OrderedDict()
@@ -104,13 +113,18 @@ class ImageDataset(Dataset):
     def rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, int(index)])
 
-    # ----------------------------------------------------------------- loading
-    def _load_fn(self) -> Loader:
-        if self.loader is not None:
-            return self.loader
-        from ..io import load  # imported lazily: io is the heavier package
+    @property
+    def intensity(self) -> IntensityConfig:
+        """The intensity config images are read with (the preprocessing's)."""
+        return self.preprocessing.intensity
 
-        return load
+    # ----------------------------------------------------------------- loading
+    def _read(self, path: Path, *, modality: str | None = None, frame: int | None = None) -> MedImage:
+        """The preprocessing chain's read step; no frame → the middle one (as ``io.load``)."""
+        return self.preprocessing.read(path, frame=frame, max_frames=1 if frame is None else None, modality=modality)[0]
+
+    def _load_fn(self) -> Loader:
+        return self.loader if self.loader is not None else self._read
 
     def load_image(self, index: int) -> MedImage:
         """Decoded image of row ``index`` at native resolution (cached if enabled)."""
@@ -122,8 +136,8 @@ class ImageDataset(Dataset):
         frame = row.extra.get("frame", "").strip()
         if frame:
             kwargs["frame"] = int(frame)
-        if self.intensity is not None:
-            kwargs["intensity"] = self.intensity
+        if self.loader is not None:  # a custom loader gets the config it must honour
+            kwargs["intensity"] = self.preprocessing.intensity
         try:
             image = self._load_fn()(path, **kwargs)
         except UnreadableImageError:
@@ -225,7 +239,6 @@ class ImageDataset(Dataset):
             mask_column=self.mask_column,
             seed=self.seed,
             cache=self.cache_size,
-            intensity=self.intensity,
             loader=self.loader,
         )
         new.epoch = self.epoch
