@@ -21,6 +21,10 @@ from typing import Any
 TOKEN_PREFIX = "mf_"
 
 
+class TokenFileError(ValueError):
+    """The token file exists but cannot be used (not JSON, wrong shape, unreadable): fail closed, say why."""
+
+
 def hash_token(token: str) -> str:
     """Hex SHA-256 digest of a token (what is kept at rest)."""
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
@@ -40,11 +44,16 @@ class TokenStore:
         if not self.path.exists():
             return {"tokens": {}}
         try:
-            data = json.loads(self.path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"token file {self.path} is not valid JSON: {exc}") from None
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TokenFileError(f"tokens file {self.path} is not valid JSON: {exc}") from None
+        except OSError as exc:
+            raise TokenFileError(f"tokens file {self.path} cannot be read: {exc.strerror or exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("tokens"), dict):
-            raise ValueError(f"token file {self.path} has no 'tokens' mapping")
+            raise TokenFileError(f"tokens file {self.path} has no 'tokens' mapping")
+        for name, entry in data["tokens"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise TokenFileError(f"tokens file {self.path}: token {name!r} has no 'sha256' digest")
         return data
 
     def _write(self, data: dict[str, Any]) -> None:
@@ -89,7 +98,7 @@ class TokenStore:
         with self._lock:
             if mtime != self._mtime:
                 tokens = self._read()["tokens"] if mtime is not None else {}
-                self._digests = {entry["sha256"]: name for name, entry in tokens.items() if "sha256" in entry}
+                self._digests = {entry["sha256"]: name for name, entry in tokens.items()}
                 self._mtime = mtime
             return self._digests
 
