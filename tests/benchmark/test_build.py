@@ -160,3 +160,14 @@ def test_real_generator_factory_samples_into_the_builder(tmp_path, toy_inputs):
     fake_rows = [r for r in res.manifest if r.label == "fake"]
     assert fake_rows and all(r.extra["native_size"] == "16x16" for r in fake_rows)
     assert all("standardise 16 + 8-bit" in r.extra["processing"] for r in res.manifest if r.label == "real")
+
+
+def test_pins_match_a_built_benchmarks_rows_by_their_input_path(toy_benchmark):
+    """A benchmark rebuilt from a built one keeps its pins: its reals are new files, matched by ``input_path``."""
+    built = toy_benchmark.manifest.filter(label="real")
+    cleared = built.with_rows([r.copy(split="") for r in built])
+    test_patient = next(r.patient_id for r in split_reals(cleared) if r.split == "test" and r.modality == "xray")
+    originals = {r.extra["input_path"] for r in built if r.patient_id == test_patient}
+    assert originals and not originals & {str(p) for p in built.paths()}  # the pins name the original files only
+    pinned = split_reals(cleared, pinned=originals)
+    assert {r.split for r in pinned if r.patient_id == test_patient} == {"train"}

@@ -303,10 +303,14 @@ class BenchmarkRunner:
             fakes.append(man)
             sources[inst.name] = src
             gen_keys.append(gkey)
-        from .build import load_fake_source
+        from .build import generator_sources, load_fake_source
 
         for d in b.generator_dirs:
-            fakes.append(load_fake_source(d))
+            man = load_fake_source(d)
+            fakes.append(man)
+            names = {r.generator for r in man}
+            for gen, paths in generator_sources(d, name=names.pop() if len(names) == 1 else None).items():
+                sources[gen] = sources.get(gen, set()) | paths
         bench_dir = self.out / "benchmark"
         build_key = spec_hash({"options": dataclasses.asdict(options), "generators": gen_keys,
                                "generator_dirs": b.generator_dirs, "reals": self._rows_fingerprint(reals),

@@ -15,7 +15,9 @@ def build(
                              "real/<modality>/<source>/ tree, or flat images with --modality) or 'shared'."),
     generators: list[Path] = typer.Option([], "--generators", "-g", help="Factory fakes (repeatable): a folder "
                                            "written by `synth sample` (PNGs + manifest.csv), a manifest, a "
-                                           "fake/<modality>/<generator>/ tree or a generator model directory."),
+                                           "fake/<modality>/<generator>/ tree or a generator model directory. A "
+                                           "bench_sources.json there (or above a samples/ folder) pins the "
+                                           "generator's training reals to train."),
     imported_fakes: str | None = typer.Option(None, "--imported-fakes", help="Fakes made elsewhere (a manifest, a "
                                               "folder, or 'shared' for the shared data's published fakes); all go "
                                               "to the test split."),
@@ -40,14 +42,20 @@ def build(
     force: bool = typer.Option(False, "--force", help="Replace an existing benchmark in --out."),
 ) -> None:
     """Assemble a balanced, processing-matched real/fake benchmark with a patient-level split."""
-    from ..benchmark.build import BuildOptions, build_benchmark, load_fake_source, load_real_manifest
+    from ..benchmark.build import BuildOptions, build_benchmark, generator_sources, load_fake_source, load_real_manifest
     from ..data import Manifest, shared_manifest
 
     one_modality = modality[0] if len(modality) == 1 else None
     try:
         reals = load_real_manifest(real, one_modality)
-        fakes = [load_fake_source(g, modality=one_modality, n_samples=samples,
-                                  sample_dir=out.parent / f"{out.name}_samples" / g.name, seed=seed) for g in generators]
+        fakes, sources = [], {}
+        for g in generators:
+            man = load_fake_source(g, modality=one_modality, n_samples=samples,
+                                   sample_dir=out.parent / f"{out.name}_samples" / g.name, seed=seed)
+            fakes.append(man)
+            names = {r.generator for r in man}
+            for gen, paths in generator_sources(g, name=names.pop() if len(names) == 1 else None).items():
+                sources[gen] = sources.get(gen, set()) | paths
         imported = None
         if imported_fakes:
             if imported_fakes == "shared":
@@ -62,7 +70,8 @@ def build(
                                match_resolution=match_resolution, matched_real=matched_real,
                                max_imported_per_generator=max_imported,
                                test_fraction=test_fraction, seed=seed, modalities=tuple(modality) or None)
-        result = build_benchmark(reals, fakes, out, imported=imported, options=options, overwrite=force)
+        result = build_benchmark(reals, fakes, out, imported=imported, options=options, sources=sources or None,
+                                 overwrite=force)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
@@ -72,6 +81,8 @@ def build(
     rep = result.report
     for name, g in rep["generators"].items():
         console.print(f"  {name}: {g['family'] or '?'} {g['modality']} ({g['role']}) train {g['train']} test {g['test']}")
+    for name, n_test in rep["generator_sources_in_test"].items():
+        console.print(f"  {name}: {len(sources[name])} training source(s) pinned to train ({n_test} in test)")
     if rep["errors"]:
         console.print(f"[yellow]{len(rep['errors'])} unreadable input(s) skipped (listed in build.json)[/]")
     _print_format(rep["format_check"])
