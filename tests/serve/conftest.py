@@ -71,9 +71,9 @@ def make_served(tmp_path, tiny_model, tiny_detector):
     def make(**overrides) -> Served:
         tokens = TokenStore(tmp_path / "tokens.json")
         token = tokens.create(f"t{len(clients)}")
-        settings = ServeSettings(model=str(tiny_model), db_url=f"sqlite:///{tmp_path / 'results.db'}",
-                                 tokens_file=tmp_path / "tokens.json", heatmap_dir=tmp_path / "previews",
-                                 **overrides)
+        settings = ServeSettings(**{"model": str(tiny_model), "db_url": f"sqlite:///{tmp_path / 'results.db'}",
+                                    "tokens_file": tmp_path / "tokens.json", "heatmap_dir": tmp_path / "previews",
+                                    **overrides})
         app = create_app(settings, service=ScanService(settings, detector=tiny_detector), tokens=tokens)
         client = TestClient(app)
         clients.append(client)

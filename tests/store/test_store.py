@@ -146,3 +146,23 @@ def test_thread_safe_concurrent_writes(store):
     for t in threads:
         t.join()
     assert not errors and store.count(source="dicom") == 40
+
+
+def test_new_sqlite_store_is_private_and_existing_modes_are_kept(tmp_path):
+    import stat
+
+    def mode(p):
+        return stat.S_IMODE(p.stat().st_mode)
+
+    db = tmp_path / "new" / "sub" / "r.db"
+    with ResultStore(f"sqlite:///{db}") as s:
+        s.add(_result(), content_hash="a" * 64, detector="d", detector_version="1")
+        made = [db, *(p for p in db.parent.iterdir() if p.name.endswith(("-wal", "-shm")))]
+        assert len(made) == 3, made
+        assert all(mode(p) == 0o600 for p in made), [(p.name, oct(mode(p))) for p in made]
+        assert mode(db.parent) == mode(db.parent.parent) == 0o700
+    shared = tmp_path / "shared.db"  # an administrator's choice is left alone
+    shared.touch(mode=0o640)
+    shared.chmod(0o640)
+    with ResultStore(f"sqlite:///{shared}"):
+        assert mode(shared) == 0o640

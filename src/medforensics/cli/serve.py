@@ -66,6 +66,7 @@ def serve(
     import uvicorn
 
     from ..serve.app import create_app
+    from ..serve.middleware import uvicorn_options
 
     try:
         app = create_app(settings, tokens=tokens)
@@ -73,8 +74,8 @@ def serve(
         console.print(f"[red]error:[/] cannot start: {err}")
         raise typer.Exit(2) from None
     console.print(f"serving on http://{settings.host}:{settings.port}/  (API docs: /docs)")
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_keep_alive=5,
-                server_header=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, timeout_keep_alive=5, server_header=False,
+                **uvicorn_options(log_level))  # our access log (route templates), not uvicorn's (query strings)
 
 
 def _manage_tokens(tokens, create: str | None, revoke: str | None, list_: bool) -> None:

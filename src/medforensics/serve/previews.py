@@ -13,7 +13,9 @@ window and a narrower window/level can be applied for display. Other images use 
 from __future__ import annotations
 
 import io
+import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ..io import MedImage, standardise
+from ..store.files import open_private, private_dir
 
 PREVIEW_SIZE = 512
 _CT_WINDOW = re.compile(r"CT window \[(-?[\d.]+),\s*(-?[\d.]+)\]\s*HU")
@@ -57,9 +60,11 @@ def preview_paths(root: Path, content_hash: str, model_id: str) -> tuple[Path, P
 
 
 def _atomic_png(img: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
+    """Write ``img`` to ``path`` through a temporary file; patient pixels: folders 0700, files 0600."""
+    private_dir(path.parent)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # writers never share one
+    with open_private(tmp) as fh:
+        img.save(fh, format="PNG")
     tmp.replace(path)
 
 

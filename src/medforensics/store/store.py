@@ -28,6 +28,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..results import ScanResult
+from .files import create_private_file
 from .hashing import patient_ref as hash_patient
 from .models import ReaderItem, ReaderSession, Run, Scan, utcnow
 
@@ -160,7 +161,9 @@ class ResultStore:
         if self._sqlite:
             db = parsed.database
             if db and db != ":memory:" and not db.startswith("file:"):
-                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                # patient data: a new database (and its folder) is the owner's only; SQLite gives the
+                # -wal/-shm files the database file's mode
+                create_private_file(db)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
             if not db or db == ":memory:":
                 from sqlalchemy.pool import StaticPool
