@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean
+.PHONY: venv system-deps demo test bench clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/medforensics demo --out demo-output
 
-test: $(STAMP)
+# Debian dcmtk + chromium + chromium-driver, which the tests drive: installed when missing and permitted
+# (root or passwordless sudo; MEDFORENSICS_NO_SYSTEM_INSTALL=1 turns it off); otherwise their tests are skipped
+system-deps:
+	bash scripts/system-deps.sh
+
+test: $(STAMP) system-deps
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -3,6 +3,10 @@
 - ``shared_data``: the project's shared data folder (``$MEDFORENSICS_SHARED_DATA`` or
   ``<repo>/../shared/data``); tests using it are skipped where it is absent, except in CI
   (``CI=true``), where its absence is a failure.
+- ``require_tool`` (fixture) / ``@pytest.mark.requires_tool("chromium", package="chromium")``:
+  the path of a system command the test drives; the test is skipped with the reason (shown by
+  ``-ra``) where the command is not on ``PATH``, except in CI, where its absence is a failure.
+  ``make test`` installs the packages when it may (``scripts/system-deps.sh``).
 - ``tiny_manifest``: a handful of small PNGs (real/fake × xray/endoscopy, several patients)
   written to ``tmp_path`` with a ``manifest.csv``; returns the :class:`Manifest` (its ``.path``
   is the CSV file, ``.root`` the folder).
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +42,57 @@ def shared_data() -> Path:
         if _in_ci():
             pytest.fail(f"shared data is required in CI: {exc}")
         pytest.skip(f"shared data not available: {exc}")
+
+
+def find_tool(command: str, version_contains: str | None = None) -> str | None:
+    """The first ``command`` on ``PATH`` (whose ``--version`` output contains ``version_contains``), or None."""
+    for folder in os.get_exec_path():
+        path = shutil.which(command, path=folder)
+        if path is None:
+            continue
+        if version_contains is None:
+            return path
+        try:
+            done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if version_contains in done.stdout + done.stderr:
+            return path
+    return None
+
+
+def require_tool(*commands: str, package: str, version_contains: str | None = None) -> list[str]:
+    """Paths of ``commands`` on ``PATH``; skip (fail in CI) naming the Debian ``package`` when one is missing.
+
+    ``version_contains`` tells the wanted program from a look-alike of the same name (pynetdicom puts
+    Python ``storescu``/``echoscu`` scripts into the virtualenv; dcmtk's print ``$dcmtk:``).
+    """
+    found = {cmd: find_tool(cmd, version_contains) for cmd in commands}
+    absent = [cmd for cmd, path in found.items() if path is None]
+    if absent:
+        which = f" (one whose --version says {version_contains!r})" if version_contains else ""
+        reason = (f"{', '.join(absent)}{which} not found on PATH: install Debian package {package!r} "
+                  f"(`make test` installs it when run as root or with passwordless sudo)")
+        if _in_ci():
+            pytest.fail(f"required in CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return [found[cmd] for cmd in commands]
+
+
+@pytest.fixture(name="require_tool", scope="session")
+def require_tool_fixture():
+    """:func:`require_tool` for tests and fixtures: ``chromium, = require_tool("chromium", package="chromium")``."""
+    return require_tool
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires_tool(*commands, package): skip (fail in CI) when a system "
+                                       "command is missing; see require_tool")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("requires_tool"):
+        require_tool(*mark.args, **mark.kwargs)
 
 
 def _save(path: Path, pixels: np.ndarray) -> None:
