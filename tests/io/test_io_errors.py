@@ -118,3 +118,45 @@ def test_bad_arguments_are_value_errors(tmp_path, encoded):
         load(p, modality="xyz")
     with pytest.raises(ValueError, match="max_frames"):
         load_frames(p, max_frames=0)
+
+
+def test_rle_decoder_panic_becomes_unreadable(pyd, tmp_path):
+    """pylibjpeg-rle (Rust) panics on this edit; PanicException is a BaseException, not an Exception."""
+    data = bytearray((pyd / "MR_small_RLE.dcm").read_bytes())
+    data[1544] = 0xFF  # inside the RLE header: a segment offset past the end of the frame
+    path = tmp_path / "panic.dcm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnreadableImageError) as ei:
+        load(path)
+    assert "pixel decoder crashed" in ei.value.reason
+    assert "PanicException" in ei.value.reason
+    assert not isinstance(ei.value.__cause__, Exception)  # it really was a non-Exception error
+
+
+def test_interrupts_are_not_swallowed(pyd, monkeypatch):
+    import medforensics.io.dicom as dicom_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dicom_mod, "pixel_array", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load(pyd / "CT_small.dcm")
+
+
+def test_other_base_exceptions_from_any_reader_are_reported(tmp_path, monkeypatch, encoded):
+    import numpy as np
+
+    import medforensics.io.walk as walk_mod
+
+    class NativeCrash(BaseException):
+        pass
+
+    def crash(*a, **k):
+        raise NativeCrash("boom")
+
+    path = tmp_path / "a.png"
+    path.write_bytes(encoded(np.zeros((4, 4), np.uint8), "PNG"))
+    monkeypatch.setattr(walk_mod, "read_raster", crash)
+    with pytest.raises(UnreadableImageError, match="pixel decoder crashed.*NativeCrash: boom"):
+        load(path)

@@ -2,9 +2,11 @@
 
 ``load`` / ``load_frames`` read one file at native resolution; ``iter_files`` /
 ``iter_images`` walk folders; intensity handling lives in :mod:`.intensity`, the project's
-resize in :mod:`.resize`, and every failure is an :class:`UnreadableImageError`.
+resize in :mod:`.resize`, the per-decode memory budget in :mod:`.budget` (bytes, checked
+from the header before decoding), and every failure is an :class:`UnreadableImageError`.
 """
 
+from .budget import DecodeBudgetError
 from .intensity import IntensityConfig, normalise_intensity
 from .preprocess import Preprocessing, to_channels
 from .raster import MAX_PIXELS, MAX_TOTAL_PIXELS
@@ -16,6 +18,7 @@ from .walk import group_series, iter_files, iter_images, load, load_frames, snif
 __all__ = [
     "MAX_PIXELS",
     "MAX_TOTAL_PIXELS",
+    "DecodeBudgetError",
     "ImageMeta",
     "IntensityConfig",
     "MedImage",

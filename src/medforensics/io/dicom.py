@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,11 +25,18 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder, pixel_array
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
+from .budget import FLOAT32, FLOAT64, DecodeCost, current_budget, human_bytes, shape_text
 from .intensity import IntensityConfig, canonical_modality, normalise_stack, pools_frames
 from .raster import check_frame_size, check_total_size
-from .types import ImageMeta, MedImage, UnreadableImageError
+from .types import ImageMeta, MedImage, UnreadableImageError, reraise_fatal
 
 Select = Callable[[int], list[int]]
 
@@ -92,8 +100,92 @@ def _set_transfer_syntax(ds: Dataset) -> None:
     ds.file_meta.TransferSyntaxUID = ts
 
 
-def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
-    """Read a DICOM data set, raising ``UnreadableImageError`` with a specific reason."""
+_DEFLATE_HEADER_BYTES = 1 << 20  # inflated bytes kept to read a deflated file's header
+
+
+def _deflated_start(path: Path) -> int | None:
+    """Offset of the deflated data set when ``path`` uses Deflated Explicit VR LE, else None."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    try:
+        with open(path, "rb") as fp:
+            read_preamble(fp, False)
+            meta = _read_file_meta_info(fp)
+            start = fp.tell()
+    except Exception:  # unreadable meta: dcmread reports it
+        return None
+    ts = meta.get("TransferSyntaxUID")
+    return start if ts is not None and UID(str(ts)) == DeflatedExplicitVRLittleEndian else None
+
+
+def _inflated_header(prefix: bytes) -> Dataset | None:
+    """The elements before the pixel data in the first inflated bytes (None if unreadable)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset as read_raw_dataset
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return read_raw_dataset(
+                DicomBytesIO(prefix), is_implicit_VR=False, is_little_endian=True,
+                stop_when=lambda tag, vr, length: tag >= 0x7FE00008,
+            )
+    except Exception:
+        return None
+
+
+def _check_deflated(path: Path, start: int, budget: int) -> None:
+    """Inflate a deflated data set in a stream (nothing kept but its header) and check the budget.
+
+    pydicom inflates the whole data set into memory and then copies each element out of it,
+    so reading it holds about twice the inflated size; the pixel decode comes on top of that
+    (estimated from the header, as for any DICOM). Inflation stops as soon as the budget is
+    passed, so a deflate bomb costs at most ``budget`` bytes of CPU work and no memory.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    prefix = bytearray()
+    total = 0
+    limit = budget // 2 + 1
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            while total <= limit:
+                chunk = fh.read(1 << 16)
+                data = inflater.decompress(chunk, 1 << 20) if chunk else inflater.flush()
+                while True:
+                    total += len(data)
+                    if len(prefix) < _DEFLATE_HEADER_BYTES:
+                        prefix += data[: _DEFLATE_HEADER_BYTES - len(prefix)]
+                    if total > limit or not inflater.unconsumed_tail:
+                        break
+                    data = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+                if not chunk or inflater.eof:
+                    break
+    except zlib.error as exc:
+        raise UnreadableImageError(path, f"corrupt deflated DICOM data: {exc}") from exc
+    header = _inflated_header(bytes(prefix))
+    dims = _header_dims(header) if header is not None else None
+    what = "deflated data set"
+    if dims is not None:
+        n, rows, cols, spp, bits = dims
+        what += f" ({shape_text(n, rows, cols, spp)}, {bits}-bit)"
+    if total > limit:
+        cost = DecodeCost(f"{what} inflating to more than {human_bytes(limit)}")
+        cost.add("inflated data set, read twice by pydicom", 2 * total)
+        cost.check(path, budget)
+    if header is not None and dims is not None:
+        estimate = _decode_cost(header, path, dims, None, list(range(dims[0])), modality=None, config=None)
+        estimate.what = f"{what}, inflated {human_bytes(total)}, decoded as {estimate.what}"
+        estimate.parts["encoded pixel data"] = 2 * total
+        estimate.check(path, budget)
+
+
+def read_dataset(path: Path, *, stop_before_pixels: bool = False, budget: int | None = None) -> Dataset:
+    """Read a DICOM data set, raising ``UnreadableImageError`` with a specific reason.
+
+    A deflated data set is checked against the decode ``budget`` (default: the module budget)
+    before pydicom inflates it.
+    """
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
@@ -102,6 +194,10 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False) -> Dataset:
     magic = has_dicm_magic(head)
     if not magic and not looks_like_raw_dicom(head):
         raise UnreadableImageError(path, "not a DICOM file (no DICM preamble and no DICOM header)")
+    if magic:
+        start = _deflated_start(path)
+        if start is not None:
+            _check_deflated(path, start, current_budget(budget))
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -281,9 +377,89 @@ def _frame_values(
     return values, notes, "dicom", depth
 
 
-def read_dicom(path: Path, select: Select, modality: str | None, config: IntensityConfig) -> list[MedImage]:
-    """Decode the selected frames of a DICOM file (see the module docstring)."""
-    ds = read_dataset(path)
+def _header_dims(ds: Dataset) -> tuple[int, int, int, int, int] | None:
+    """(frames, rows, columns, samples per pixel, bits allocated) from the header, or None."""
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        n = int(ds.get("NumberOfFrames") or 1)
+        spp = int(ds.get("SamplesPerPixel") or 1)
+        bits = int(ds.get("BitsAllocated") or 8)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if min(rows, cols, n, spp, bits) <= 0:
+        return None
+    return n, rows, cols, spp, bits
+
+
+def _decode_cost(
+    ds: Dataset,
+    path: Path,
+    dims: tuple[int, int, int, int, int],
+    encoded: int | None,
+    decode: list[int],
+    *,
+    modality: str | None,
+    config: IntensityConfig | None,
+) -> DecodeCost:
+    """Peak bytes of :func:`read_dicom` decoding frames ``decode`` (see :mod:`.budget`).
+
+    Decoded array: frames × rows × columns × samples × the decoder's dtype (BitsAllocated
+    rounded up to 1/2/4/8 bytes; float pixel data 4/8). Then, for the decoded frames: palette
+    → RGB of the LUT's dtype; YBR → RGB conversion temporaries; rescale / modality LUT →
+    float64; pooled MRI statistics → a stacked copy, a sorted copy and the float64 scaling
+    copy of the volume, else one frame's float64 working copy at a time; float32 frames out
+    (twice for MONOCHROME1, which is inverted into a new array).
+    """
+    n, rows, cols, spp, bits = dims
+    item = 1 if bits <= 8 else 2 if bits <= 16 else 4 if bits <= 32 else 8
+    if "DoubleFloatPixelData" in ds:
+        item = 8
+    elif "FloatPixelData" in ds:
+        item = 4
+    photometric = (_text(ds, "PhotometricInterpretation") or "").upper()
+    palette = photometric == "PALETTE COLOR"
+    k = len(decode)
+    out_spp = 3 if palette else spp
+    frame_values = rows * cols * out_spp
+    values = k * frame_values
+    cost = DecodeCost(shape_text(k, rows, cols, spp, f"{bits}-bit"))
+    if encoded:
+        cost.add("encoded pixel data", encoded)
+    cost.add("decoded array", k * rows * cols * spp * item)
+    if k > 1 and k < n:
+        cost.add("one frame decoded at a time", rows * cols * spp * item)
+    value_item = item
+    if palette:
+        value_item = 2
+        cost.add("palette RGB", values * value_item)
+    elif spp == 3 and photometric.startswith("YBR"):
+        cost.add("YBR → RGB conversion", frame_values * 2 * FLOAT32)
+    elif spp == 1 and (ds.get("ModalityLUTSequence") or ds.get("RescaleSlope") not in (None, "", 1)
+                       or ds.get("RescaleIntercept") not in (None, "", 0)
+                       or ds.get("PerFrameFunctionalGroupsSequence") or ds.get("SharedFunctionalGroupsSequence")):
+        value_item = FLOAT64
+        cost.add("rescaled float64 values", values * FLOAT64)
+    project = canonical_modality(modality) if modality is not None else map_modality(_text(ds, "Modality"))
+    pooled = (not palette and spp == 1 and config is not None and pools_frames(project, kind="dicom", config=config))
+    if pooled:
+        cost.add("volume statistics (stack, sorted copy, float64 copy)", values * (2 * value_item + FLOAT64))
+    else:  # VOI windowing makes two float64 temporaries, the plain scaling one (in place)
+        windowed = "WindowCenter" in ds or ds.get("VOILUTSequence") or ds.get("SharedFunctionalGroupsSequence")
+        cost.add("float64 working copies of one frame", frame_values * (2 if windowed else 1) * FLOAT64)
+    cost.add("float32 frames", values * FLOAT32 * (2 if photometric == "MONOCHROME1" else 1))
+    return cost
+
+
+def read_dicom(
+    path: Path, select: Select, modality: str | None, config: IntensityConfig, *, budget: int | None = None
+) -> list[MedImage]:
+    """Decode the selected frames of a DICOM file (see the module docstring).
+
+    The decode is checked against the byte ``budget`` (default :data:`.budget.DECODE_BUDGET_BYTES`)
+    from the header, before any pixel is decoded.
+    """
+    budget = current_budget(budget)
+    ds = read_dataset(path, budget=budget)
     dicom_modality = _text(ds, "Modality")
     sop = _sop_class(ds)
     if not any(k in ds for k in PIXEL_KEYWORDS):
@@ -311,6 +487,11 @@ def read_dicom(path: Path, select: Select, modality: str | None, config: Intensi
     decode = list(range(n)) if pooled else indices
     check_total_size(path, len(decode), rows, cols, spp)
     ts = _check_decoder(path, ds)
+    dims = (n, rows, cols, spp, int(ds.BitsAllocated))
+    encoded = path.stat().st_size  # the pixel data pydicom holds (the file, or its inflated data set)
+    if ts == DeflatedExplicitVRLittleEndian:
+        encoded = max(encoded, n * rows * cols * spp * -(-dims[4] // 8))
+    _decode_cost(ds, path, dims, encoded, decode, modality=modality, config=config).check(path, budget)
     try:
         raw = _decode(ds, decode, n)
         values, notes, kind, depth = _frame_values(ds, decode, raw, photometric, spp, bits)
@@ -324,11 +505,18 @@ def read_dicom(path: Path, select: Select, modality: str | None, config: Intensi
         pixels, descs = normalise_stack(values, project, kind=kind, bit_depth=depth, config=config, windows=windows)
     except UnreadableImageError:
         raise
+    except MemoryError as exc:
+        raise UnreadableImageError(path, f"out of memory decoding DICOM pixel data ({ts.name})") from exc
     except Exception as exc:  # decoders raise ValueError/RuntimeError/… for corrupt data
         text = str(exc) or type(exc).__name__
         if "less than expected" in text or "truncat" in text.lower():
             raise UnreadableImageError(path, f"truncated DICOM pixel data: {text}") from exc
         raise UnreadableImageError(path, f"cannot decode DICOM pixel data ({ts.name}): {text}") from exc
+    except BaseException as exc:  # e.g. pyo3 PanicException from a Rust decoder (not an Exception)
+        reraise_fatal(exc)
+        raise UnreadableImageError(
+            path, f"pixel decoder crashed ({ts.name}): {type(exc).__name__}: {str(exc) or 'no message'}"
+        ) from exc
 
     spacing, spacing_src = _spacing(ds)
     shape = ((n,) if n > 1 else ()) + (rows, cols) + ((spp,) if spp > 1 else ())

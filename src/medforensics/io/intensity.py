@@ -107,8 +107,11 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """Linear map [lo, hi] → [0, 1], clipped, float32; degenerate range → zeros."""
     if not hi > lo:
         return np.zeros(arr.shape, dtype=np.float32)
-    out = (arr.astype(np.float64) - lo) / (hi - lo)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    out = arr.astype(np.float64)  # the one float64 working copy (see io.budget); same values as
+    out -= lo  # (arr - lo) / (hi - lo), computed in place
+    out /= hi - lo
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32)
 
 
 def _bit_range(arr: np.ndarray, bit_depth: int | None) -> tuple[np.ndarray, str] | None:

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+from .budget import FLOAT32, FLOAT64, DecodeCost, current_budget, shape_text
 from .intensity import IntensityConfig, canonical_modality, normalise_stack, pools_frames
 from .raster import check_frame_size, check_total_size
 from .types import ImageMeta, MedImage, UnreadableImageError
@@ -63,8 +65,87 @@ def display_slice(volume: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(volume[:, :, k].T[::-1, ::-1])
 
 
-def read_nifti(path: Path, select: Select, modality: str | None, config: IntensityConfig) -> list[MedImage]:
-    """Decode the selected axial slices of a NIfTI image (see the module docstring)."""
+def _gzip_size(path: Path) -> int | None:
+    """Uncompressed size of a gzip file from its trailer (mod 2**32; None if not gzip)."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                return None
+            fh.seek(-4, 2)
+            return int.from_bytes(fh.read(4), "little")
+    except OSError:
+        return None
+
+
+def _nifti_header(path: Path) -> nib.Nifti1Header | nib.Nifti2Header | None:
+    """The header alone (first 540 bytes, inflated if gzipped), without reading the data."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(path, "rb") as fh:
+            raw = fh.read(540)
+        two = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))
+        return (nib.Nifti2Header if two else nib.Nifti1Header).from_fileobj(io.BytesIO(raw))
+    except Exception:
+        return None
+
+
+def nifti_cost(path: Path, shape: tuple[int, ...], dtype: np.dtype, scaled: bool, n_decode: int | None,
+               *, in_memory_file: bool, volume_only: bool = False) -> DecodeCost:
+    """Peak bytes of :func:`read_nifti` (see :mod:`.budget`).
+
+    The first 3-D volume as stored (x × y × z × the data type), its scaled copy (float64 when
+    ``scl_slope``/``scl_inter`` apply or the data are float), the display-ordered slices decoded,
+    then either the MRI volume statistics (``n_decode`` None: every slice, stacked + sorted copy
+    + float64 copy) or one slice's float64 working copy, and the float32 slices returned; a file
+    without a NIfTI suffix is also read whole into memory (and inflated when gzipped). Slices
+    are counted at the largest of the three axial planes, as the reorientation may pick any.
+    ``volume_only`` counts just what reading the volume holds (checked before it is read; the
+    full estimate is checked once the modality, hence the statistics, is known).
+    """
+    x, y = shape[0], shape[1]
+    z = shape[2] if len(shape) > 2 else 1
+    voxels = x * y * z
+    slice_values = max(x * y, x * z, y * z)
+    item = int(dtype.itemsize)
+    value_item = FLOAT64 if scaled else item
+    decoded = voxels if n_decode is None else min(voxels, n_decode * slice_values)
+    cost = DecodeCost(shape_text(z, y, x, 1, str(dtype)) + (" (first volume)" if len(shape) > 3 else ""))
+    if in_memory_file:
+        cost.add("file read into memory", path.stat().st_size + (_gzip_size(path) or 0))
+    cost.add("stored volume", voxels * item)
+    if path.name.lower().endswith(".gz") or in_memory_file:  # the inflated bytes, then the array
+        cost.add("inflated data buffer", voxels * item)
+    if scaled:
+        cost.add("scaled float64 volume", voxels * FLOAT64)
+    if volume_only:
+        return cost
+    cost.add("display-ordered slices", decoded * value_item)
+    if n_decode is None:
+        cost.add("volume statistics (stack, sorted copy, float64 copy)", voxels * (2 * value_item + FLOAT64))
+    else:
+        cost.add("float64 working copy of one slice", slice_values * FLOAT64)
+    cost.add("float32 slices", decoded * FLOAT32)
+    return cost
+
+
+def read_nifti(
+    path: Path, select: Select, modality: str | None, config: IntensityConfig, *, budget: int | None = None
+) -> list[MedImage]:
+    """Decode the selected axial slices of a NIfTI image (see the module docstring).
+
+    The decode is checked against the byte ``budget`` from the header before the data are read.
+    """
+    budget = current_budget(budget)
+    in_memory = not path.name.lower().endswith(NIFTI_SUFFIXES)
+    if in_memory:  # read whole into memory below: check the header first
+        hdr = _nifti_header(path)
+        if hdr is not None:
+            hshape = tuple(int(s) for s in hdr.get_data_shape())
+            if len(hshape) >= 2 and all(s > 0 for s in hshape):
+                nifti_cost(path, hshape, hdr.get_data_dtype(), True, None, in_memory_file=True,
+                           volume_only=True).check(path, budget)
     try:
         img = _open(path)
     except Exception as exc:
@@ -79,6 +160,9 @@ def read_nifti(path: Path, select: Select, modality: str | None, config: Intensi
     dtype = img.get_data_dtype()
     if dtype.kind not in "biuf":
         raise UnreadableImageError(path, f"unsupported NIfTI data type {dtype} (only scalar voxels are read)")
+    slope, inter = getattr(img.dataobj, "slope", 1.0), getattr(img.dataobj, "inter", 0.0)
+    scaled = not (slope in (None, 1) and inter in (None, 0))
+    nifti_cost(path, shape, dtype, scaled, None, in_memory_file=in_memory, volume_only=True).check(path, budget)
     try:
         index = (slice(None),) * min(len(shape), 3) + (0,) * max(len(shape) - 3, 0)
         vol = np.asarray(img.dataobj[index])
@@ -98,6 +182,13 @@ def read_nifti(path: Path, select: Select, modality: str | None, config: Intensi
     except Exception:  # degenerate affine: keep the voxel order
         new_zooms, axcodes = zooms, "unknown"
     project = canonical_modality(modality) if modality is not None else guess_modality(vol)
+    n_decode: int | None = None
+    if not pools_frames(project, kind="nifti", config=config):
+        try:
+            n_decode = len(select(max(x, y, z)))
+        except UnreadableImageError:
+            n_decode = 1
+    nifti_cost(path, shape, dtype, scaled, n_decode, in_memory_file=in_memory).check(path, budget)
     n = vol.shape[2]
     indices = select(n)
     decode = list(range(n)) if pools_frames(project, kind="nifti", config=config) else indices

@@ -24,8 +24,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .budget import FLOAT32, FLOAT64, DecodeCost, current_budget, shape_text
 from .intensity import IntensityConfig, normalise_intensity
-from .types import ImageMeta, MedImage, UnreadableImageError
+from .types import ImageMeta, MedImage, UnreadableImageError, reraise_fatal
 
 MAX_PIXELS = 100_000_000  # per frame (10k × 10k); larger headers are rejected before decoding
 MAX_TOTAL_PIXELS = 2**29  # per decode: frames × rows × columns × samples held at once
@@ -72,6 +73,42 @@ def _bomb_reason(path: Path, exc: Exception) -> str:
     return f"image too large: {n} exceeds the limit of {MAX_PIXELS:,} pixels (decompression bomb guard)"
 
 
+_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
+
+
+def raster_cost(mode: str, width: int, height: int, n_selected: int, *, has_transparency: bool = False) -> DecodeCost:
+    """Peak bytes of decoding ``n_selected`` frames of a Pillow image (see :mod:`.budget`).
+
+    Per frame, one at a time: Pillow's image (1 byte per pixel for 1/L/P, 2 for I;16, 4 for
+    I/F and for every multi-band mode, which Pillow stores 4 bytes per pixel), a converted
+    copy for palette/CMYK/…, the NumPy copy, the float32 RGBA + alpha arrays of alpha
+    compositing or (later, so the larger of the two) the float64 working copy of
+    :mod:`.intensity`; plus the float32 frames returned for every selected frame.
+    """
+    pixels = width * height
+    multi = mode not in ("1", "L", "P", "I", "F") and not mode.startswith("I;16")
+    pil = 4 if multi or mode in ("I", "F") else 2 if mode.startswith("I;16") else 1
+    out_mode = mode
+    converted = 0
+    if mode == "P":
+        out_mode = "RGBA" if has_transparency else "RGB"
+        converted = 4
+    elif mode not in ("1", "L", "I", "F", "RGB") + _ALPHA_MODES and not mode.startswith("I;16"):
+        out_mode, converted = "RGB", 4
+    channels = 1 if out_mode in ("1", "L", "I", "F", "LA", "La") or out_mode.startswith("I;16") else 3
+    array_item = {"I": 8, "F": 4}.get(out_mode, 2 if out_mode.startswith("I;16") else 1)
+    cost = DecodeCost(shape_text(n_selected, height, width, Image.getmodebands(mode), mode))
+    cost.add("Pillow image", pixels * pil)
+    if converted:
+        cost.add("Pillow conversion", pixels * converted)
+    cost.add("array copy", pixels * channels * array_item)
+    # alpha compositing (float32 RGBA + alpha) is over before the float64 working copy is made
+    alpha = pixels * (channels + 2) * FLOAT32 if out_mode in _ALPHA_MODES else 0
+    cost.add("float working copies of one frame", max(alpha, pixels * channels * FLOAT64))
+    cost.add("float32 frames", n_selected * pixels * channels * FLOAT32)
+    return cost
+
+
 def _to_array(frame: Image.Image) -> tuple[np.ndarray, int | None, str]:
     """Pillow frame → (array H×W or H×W×3, bit depth for intensity, photometric)."""
     mode = frame.mode
@@ -91,10 +128,14 @@ def _to_array(frame: Image.Image) -> tuple[np.ndarray, int | None, str]:
         has_alpha = "transparency" in frame.info
         frame = frame.convert("RGBA" if has_alpha else "RGB")
         mode = frame.mode
-    if mode in ("LA", "La", "PA", "RGBA", "RGBa"):
+    if mode in _ALPHA_MODES:
         rgba = np.asarray(frame.convert("LA" if mode in ("LA", "La") else "RGBA"), dtype=np.float32)
         alpha = rgba[..., -1:] / 255.0
-        out = np.clip(np.round(rgba[..., :-1] * alpha), 0, 255).astype(np.uint8)
+        colour = rgba[..., :-1]  # composited in place: round(colour × alpha), clipped
+        np.multiply(colour, alpha, out=colour)
+        np.round(colour, out=colour)
+        np.clip(colour, 0, 255, out=colour)
+        out = colour.astype(np.uint8)
         if out.shape[-1] == 1:
             return out[..., 0], 8, "MONOCHROME2"
         return out, 8, "RGB"
@@ -109,9 +150,16 @@ def read_raster(
     modality: str | None,
     config: IntensityConfig,
     sniffed: str | None = None,
+    *,
+    budget: int | None = None,
 ) -> list[MedImage]:
-    """Decode the selected frames of a raster file; ``sniffed`` names the magic-number format."""
+    """Decode the selected frames of a raster file; ``sniffed`` names the magic-number format.
+
+    The decode is checked against the byte ``budget`` from Pillow's header before any pixel
+    is decoded (:func:`raster_cost`).
+    """
     fmt = sniffed or "image"
+    budget = current_budget(budget)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -119,13 +167,19 @@ def read_raster(
                 fmt = _FORMATS.get(str(im.format), str(im.format).lower())
                 n = int(getattr(im, "n_frames", 1) or 1)
                 indices = select(n)
+                check_frame_size(path, im.size[1], im.size[0])
                 check_total_size(path, len(indices), im.size[1], im.size[0], len(im.getbands()))
+                raster_cost(im.mode, im.size[0], im.size[1], len(indices),
+                            has_transparency="transparency" in im.info).check(path, budget)
                 images = []
                 for i in indices:
                     if n > 1:
                         im.seek(i)
                     w, h = im.size
                     check_frame_size(path, h, w)
+                    if n > 1:  # frames may differ in size or mode (animated GIF, multi-page TIFF)
+                        raster_cost(im.mode, w, h, len(indices),
+                                    has_transparency="transparency" in im.info).check(path, budget)
                     im.load()
                     raw, bits, photometric = _to_array(im)
                     pixels, desc = normalise_intensity(raw, modality, kind="raster", bit_depth=bits, config=config)
@@ -157,3 +211,10 @@ def read_raster(
         text = str(exc) or type(exc).__name__
         kind = "truncated" if "truncat" in text.lower() else "corrupt"
         raise UnreadableImageError(path, f"{kind} {fmt.upper()} data: {text}") from exc
+    except MemoryError as exc:
+        raise UnreadableImageError(path, f"out of memory decoding {fmt.upper()} data") from exc
+    except Exception as exc:  # any other decoder error is still this file's problem
+        raise UnreadableImageError(path, f"cannot decode {fmt.upper()} data: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:  # native plugin panics are not Exceptions
+        reraise_fatal(exc)
+        raise UnreadableImageError(path, f"pixel decoder crashed ({fmt.upper()}): {type(exc).__name__}: {exc}") from exc

@@ -22,6 +22,22 @@ class UnreadableImageError(Exception):
         super().__init__(f"{self.path}: {reason}")
 
 
+#: BaseExceptions that must propagate: everything else a decoder raises becomes an UnreadableImageError.
+FATAL_EXCEPTIONS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def reraise_fatal(exc: BaseException) -> None:
+    """Re-raise ``exc`` when it is a :data:`FATAL_EXCEPTIONS` (Ctrl-C, exit, generator close).
+
+    Native decoders can raise errors that do not derive from ``Exception`` — pylibjpeg-rle's
+    Rust code raises ``pyo3_runtime.PanicException`` (a ``BaseException``) on corrupt data —
+    which ``except Exception`` does not catch; readers catch ``BaseException``, call this, and
+    report anything else as ``UnreadableImageError(path, "pixel decoder crashed: …")``.
+    """
+    if isinstance(exc, FATAL_EXCEPTIONS):
+        raise exc
+
+
 @dataclass
 class ImageMeta:
     """Metadata carried alongside pixels (MONAI-style). Unknown fields stay ``None``."""

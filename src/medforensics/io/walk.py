@@ -24,11 +24,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Callable
 
+from .budget import current_budget
 from .dicom import DICOM_SUFFIXES, has_dicm_magic, looks_like_raw_dicom, read_dicom, series_key
 from .intensity import IntensityConfig, canonical_modality
 from .nifti import is_nifti_header, read_nifti
 from .raster import read_raster
-from .types import MedImage, UnreadableImageError
+from .types import MedImage, UnreadableImageError, reraise_fatal
 
 SKIP_NAMES = frozenset({"DICOMDIR"})
 SIDECAR_SUFFIXES = frozenset({".json", ".csv", ".txt", ".md", ".html"})
@@ -128,21 +129,28 @@ def _read(
     select: Callable[[int], list[int]],
     modality: str | None,
     intensity: IntensityConfig | None,
+    decode_budget: int | str | None = None,
 ) -> list[MedImage]:
     p = Path(path)
     modality = canonical_modality(modality)
     config = intensity if intensity is not None else IntensityConfig()
+    budget = current_budget(decode_budget)
     fmt = sniff_format(p)
     try:
         if fmt in _READERS:
-            return _READERS[fmt](p, select, modality, config)
-        return read_raster(p, select, modality, config, sniffed=fmt)
+            return _READERS[fmt](p, select, modality, config, budget=budget)
+        return read_raster(p, select, modality, config, sniffed=fmt, budget=budget)
     except UnreadableImageError:
         raise
     except MemoryError as exc:
         raise UnreadableImageError(p, f"out of memory while decoding {fmt} file") from exc
     except Exception as exc:  # never let a decoder's own exception type escape
         raise UnreadableImageError(p, f"cannot read {fmt} file: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:  # native decoders' panics (pyo3 PanicException) are not Exceptions
+        reraise_fatal(exc)
+        raise UnreadableImageError(
+            p, f"pixel decoder crashed reading {fmt} file: {type(exc).__name__}: {str(exc) or 'no message'}"
+        ) from exc
 
 
 def load(
@@ -151,11 +159,13 @@ def load(
     frame: int | None = None,
     modality: str | None = None,
     intensity: IntensityConfig | None = None,
+    decode_budget: int | str | None = None,
 ) -> MedImage:
     """Load one image at native resolution, pixels float32 in [0, 1] (H×W or H×W×3).
 
     ``frame`` picks a frame/slice of a multi-frame file (default: the middle one, ``n // 2``;
     negative values count from the end). ``modality`` overrides the detected modality.
+    ``decode_budget`` (bytes, or ``"512M"``…) overrides :data:`.budget.DECODE_BUDGET_BYTES`.
     Raises :class:`UnreadableImageError` for anything that cannot be read.
     """
     p = Path(path)
@@ -167,7 +177,7 @@ def load(
             raise UnreadableImageError(p, f"frame {frame} out of range: the file has {n} frame(s)")
         return [k]
 
-    return _read(p, select, modality, intensity)[0]
+    return _read(p, select, modality, intensity, decode_budget)[0]
 
 
 def load_frames(
@@ -176,15 +186,16 @@ def load_frames(
     modality: str | None = None,
     intensity: IntensityConfig | None = None,
     max_frames: int | None = None,
+    decode_budget: int | str | None = None,
 ) -> list[MedImage]:
     """Load every frame/slice (evenly subsampled to at most ``max_frames``); single image → [one].
 
     ``load_frames(p)[k]`` equals ``load(p, frame=k)``: intensity statistics never depend on
-    which frames are returned.
+    which frames are returned. Only the frames decoded count against ``decode_budget``.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    return _read(path, lambda n: frame_indices(n, max_frames), modality, intensity)
+    return _read(path, lambda n: frame_indices(n, max_frames), modality, intensity, decode_budget)
 
 
 def _skipped(entry: Path) -> bool:
