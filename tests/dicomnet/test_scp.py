@@ -96,7 +96,7 @@ def test_storescu_every_sample_image_lands_in_the_store(detector, tmp_path, webh
     files = sample_images()
     assert len(files) > 100  # CT, MR, CR, US (multi-frame), SC, in many transfer syntaxes
     store = ResultStore(f"sqlite:///{tmp_path / 'scp.db'}")
-    with DicomReceiver(detector, store, max_frames=1, webhook=webhook_url) as rx:
+    with DicomReceiver(detector, store, max_frames=1, webhook=webhook_url, spool_dir=tmp_path / "spool") as rx:
         rx.start("127.0.0.1", 0)
         echo = _run(ECHOSCU, "-aec", "MEDFORENSICS", "127.0.0.1", str(rx.port))
         assert echo.returncode == 0, echo.stderr
@@ -107,17 +107,20 @@ def test_storescu_every_sample_image_lands_in_the_store(detector, tmp_path, webh
         refused = {Path(m).resolve() for m in DCMTK_REFUSED.findall(sent.stderr)}
         assert len(refused) <= 6, refused  # a few deliberately broken samples that dcmtk cannot parse
         assert "Store Failed" not in sent.stderr.replace("Store Failed, file", "")
+        assert rx.wait_idle(300)  # acknowledged at once, scored asynchronously
         rx.webhook.flush(10)
         stats = rx.stats.to_dict()
     expected = {}
     for p in files:
         if p.resolve() not in refused:
             expected.setdefault(str(pydicom.dcmread(p, stop_before_pixels=True, force=True).SOPInstanceUID), p)
-    stored = {rec.sop_instance_uid: rec for rec in store.query(limit=None)}
+    stored = {rec.path.rsplit("/", 1)[-1]: rec for rec in store.query(limit=None)}  # dicom://<AE>/<SOP UID>
     missing = {uid: str(p) for uid, p in expected.items() if uid not in stored}
     assert not missing
     assert all(rec.source == "dicom" and len(rec.content_hash) == 64 for rec in stored.values())
+    assert all(r.sop_instance_uid == uid for uid, r in stored.items() if r.ok)
     assert stats["echoes"] == 1 and stats["received"] == len(files) - len(refused) and stats["failed"] == 0
+    assert not list((tmp_path / "spool").glob("*.dcm"))  # every recorded instance left the spool
     scored = [r for r in stored.values() if r.ok]
     assert len(scored) > 80 and {"ct", "mri", "xray", "ultrasound"} <= {r.modality for r in scored}
     assert all(0.0 <= r.score <= 1.0 for r in scored)
@@ -126,6 +129,7 @@ def test_storescu_every_sample_image_lands_in_the_store(detector, tmp_path, webh
     # flagged results went to the webhook, without patient names
     flagged = {r.sop_instance_uid for r in store.query(verdict="fake", limit=None)}
     hooked = {p["result"]["sop_instance_uid"] for p in Hook.received}
+    assert flagged
     assert hooked == flagged and all(p["event"] == "medforensics.flagged" for p in Hook.received)
     assert all("patient_name" not in p["result"] for p in Hook.received)
     store.close()
@@ -163,7 +167,7 @@ def test_survives_garbage_aborts_and_malformed_datasets(detector, tmp_path, monk
     from pynetdicom.sop_class import CTImageStorage
 
     store = ResultStore(f"sqlite:///{tmp_path / 'scp.db'}")
-    with DicomReceiver(detector, store, max_frames=1) as rx:
+    with DicomReceiver(detector, store, max_frames=1, spool_dir=tmp_path / "spool") as rx:
         rx.start("127.0.0.1", 0)
         port = rx.port
         # 1. garbage bytes instead of an A-ASSOCIATE-RQ
@@ -196,6 +200,7 @@ def test_survives_garbage_aborts_and_malformed_datasets(detector, tmp_path, monk
         assert _run(ECHOSCU, "-aec", "MEDFORENSICS", "127.0.0.1", str(port)).returncode == 0
         sent = _run(STORESCU, "-aec", "MEDFORENSICS", "127.0.0.1", str(port), str(good))
         assert sent.returncode == 0, sent.stderr
+        assert rx.wait_idle(120)
     rec = store.query(sop_instance_uid="1.2.826.0.1.3680043.8.498.1")
     assert len(rec) == 2 and sorted(r.ok for r in rec) == [False, True]  # the bad one recorded with its error
     assert "cannot parse" in next(r.error for r in rec if not r.ok)
@@ -233,16 +238,22 @@ def test_dicom_listen_cli(tmp_path):
     thread = threading.Thread(target=client)
     thread.start()
     res = CliRunner().invoke(app, ["dicom-listen", "--host", "127.0.0.1", "--port", str(port), "--model", str(model),
-                                   "--db", url, "--max-frames", "1"])
+                                   "--db", url, "--max-frames", "1", "--spool", str(tmp_path / "spool")])
     thread.join()
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())  # rich wraps lines
-    assert sent == [0] and "1 instances (1 scored" in out and "1 echoes" in out
+    assert sent == [0] and "1 instances received, 0 resumed from the spool (1 scored" in out and "1 echoes" in out
     store = ResultStore(url)
     (rec,) = store.query(sop_instance_uid="1.2.826.0.1.3680043.8.498.2")
     assert rec.ok and rec.patient_ref and rec.patient_name is None and rec.source == "dicom"
     assert rec.patient_ref not in out  # PHI (even hashed) is not printed
-    assert store.run(rec.run_id)["status"] == "finished"
+    from sqlalchemy import select
+
+    from medforensics.store.models import Run
+
+    with store.session() as s:  # the receiver's session is a finished run of kind "dicom"
+        runs = [(r.kind, r.status, r.n_ok) for r in s.scalars(select(Run))]
+    assert runs == [("dicom", "finished", 1)]
     store.close()
 
 

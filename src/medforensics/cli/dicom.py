@@ -26,6 +26,24 @@ def dicom_listen(
     store_phi: bool = typer.Option(False, "--store-phi", help="Keep patient ID/name in clear in the store."),
     any_called_aet: bool = typer.Option(False, "--any-called-aet",
                                         help="Accept associations addressed to any AE title."),
+    calling_aet: list[str] = typer.Option([], "--calling-aet",
+                                          help="Accept associations only from this calling AE title (repeatable)."),
+    allow_peer: list[str] = typer.Option([], "--allow-peer",
+                                         help="Accept connections only from this IP address or network, "
+                                              "e.g. 10.1.2.3 or 10.1.0.0/16 (repeatable)."),
+    max_associations: int = typer.Option(8, "--max-associations", min=1, help="Associations open at once."),
+    max_per_peer: int = typer.Option(4, "--max-per-peer", min=1, help="Connections open at once from one address."),
+    acse_timeout: float = typer.Option(5.0, "--acse-timeout", min=0.1,
+                                       help="Seconds a new connection may wait before its association request."),
+    spool: str = typer.Option("~/.medforensics/dicom-spool/<ae-title>", "--spool",
+                              help="Folder holding received instances until their result is stored "
+                                   "(left-overs are scored on start)."),
+    keep_spooled: bool = typer.Option(False, "--keep-spooled",
+                                      help="Keep scored instances (in <spool>/done) instead of deleting them."),
+    decode_budget_mb: int = typer.Option(4096, "--decode-budget-mb", min=1,
+                                         help="Memory (MiB) all decodes in progress may need together; an "
+                                              "instance needing more is refused."),
+    max_decodes: int = typer.Option(2, "--max-decodes", min=1, help="Decodes in progress at once."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every instance (UIDs only, no PHI)."),
 ) -> None:
     """Receive DICOM images (C-STORE, C-ECHO), scan each, record results; Ctrl-C stops."""
@@ -49,11 +67,16 @@ def dicom_listen(
     try:
         receiver = DicomReceiver(detector, store, ae_title=ae_title, threshold=threshold, max_frames=max_frames,
                                  webhook=webhook, forward="flagged" if forward_flagged else "all",
-                                 require_called_aet=not any_called_aet,
+                                 require_called_aet=not any_called_aet, calling_aets=calling_aet,
+                                 allowed_peers=allow_peer, max_associations=max_associations,
+                                 max_per_peer=max_per_peer, acse_timeout=acse_timeout,
+                                 spool_dir=None if spool.endswith("<ae-title>") else spool,
+                                 keep_spooled=keep_spooled, decode_budget=decode_budget_mb << 20,
+                                 max_decodes=max_decodes,
                                  on_result=lambda rec: console.print(
                                      f"{rec.sop_instance_uid}  {rec.modality or '?':10s} "
                                      + (f"{rec.verdict:5s} {rec.score:.4f}" if rec.ok else f"error: {rec.error}")))
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     try:
@@ -61,8 +84,8 @@ def dicom_listen(
     except OSError as err:
         console.print(f"[red]error:[/] cannot listen on {host}:{port}: {err.strerror or err}")
         raise typer.Exit(2) from None
-    console.print(f"{ae_title} listening on {host}:{receiver.port} (model {model}, store {redact_url(store.url)}); "
-                  "Ctrl-C stops")
+    console.print(f"{ae_title} listening on {host}:{receiver.port} (model {model}, store {redact_url(store.url)}, "
+                  f"spool {receiver.spool.folder}); Ctrl-C stops")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -74,8 +97,11 @@ def dicom_listen(
         receiver.stop()
         store.close()
     s = receiver.stats
-    console.print(f"stopped: {s.received} instances ({s.scored} scored, {s.cached} already in the store, "
-                  f"{s.errors} errors, {s.flagged} flagged), {s.echoes} echoes")
+    left = len(receiver.spool.pending())
+    console.print(f"stopped: {s.received} instances received, {s.resumed} resumed from the spool "
+                  f"({s.scored} scored, {s.cached} already in the store, {s.errors} errors, {s.refused} refused, "
+                  f"{s.flagged} flagged), {s.echoes} echoes"
+                  + (f"; {left} left in the spool {receiver.spool.folder} for the next start" if left else ""))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""DICOM Storage SCP: receive images from a PACS/modality, scan each instance, record the result.
+"""DICOM Storage SCP: receive images from a PACS/modality, acknowledge them once safely spooled, scan them.
 
 ``medforensics dicom-listen --ae-title MEDFORENSICS --port 11112`` runs :class:`DicomReceiver`, a
 pynetdicom application entity that
@@ -7,42 +7,55 @@ pynetdicom application entity that
   secondary capture incl. multi-frame, VL endoscopic/microscopic/photographic/whole-slide, …) in
   any transfer syntax pynetdicom knows (uncompressed LE/BE, deflated, JPEG baseline/extended/
   lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE, …) and answers C-ECHO;
-- for each C-STORE: hashes the received data set, answers from the results store when the same
-  content was already scored by the same model, otherwise writes the instance to a temporary DICOM
-  file, decodes it with :mod:`medforensics.io` and scores it (``scan.score_frames``); the result is
-  stored with ``source="dicom"`` and its SOP Instance UID;
+- for each C-STORE: parses the data set's header (never its pixels; a deflated one in bounded
+  chunks), refuses an instance whose decode would not fit the memory budget, writes the instance
+  durably to the spool (:mod:`.spool`: fsync + atomic rename, mode 0600 in a 0700 folder) and only
+  then answers ``0x0000``. Scoring is asynchronous: a dispatcher thread hands spooled instances,
+  within the global decode budget (:class:`.guard.DecodeBudget`: bytes and concurrent decodes), to
+  the scan engine (:class:`medforensics.engine.ScanEngine`, decoding in worker processes), which
+  de-duplicates by :func:`medforensics.engine.content_key` (SOP Instance UID + decoded pixels: the
+  same key as ``scan --db`` and the REST service, whatever the transfer syntax) and records the
+  result with ``source="dicom"`` and path ``dicom://<calling AE>/<SOP Instance UID>``. The spool
+  file is removed (or moved to ``<spool>/done`` with ``keep_spooled``) once the result is stored.
+  Instances left in the spool when the receiver stopped or died are scored when it starts again.
 - optionally POSTs flagged results (verdict ``fake``) — or all results — to a JSON webhook.
 
-Statuses: ``0x0000`` once the instance is recorded, also when its pixels cannot be decoded (the
-record then carries the error: the sender cannot fix that by re-sending); ``0xC210`` when the data
-set itself cannot be parsed; ``0xA700`` when the result cannot be recorded (store unavailable; the
-sender may retry). Malformed PDUs and aborted associations are handled by pynetdicom and only end
-that association; the handler never raises.
+Who may talk to it: associations must be addressed to its AE title (unless ``require_called_aet``
+is off), may be limited to listed calling AE titles (``calling_aets``) and peer addresses/networks
+(``allowed_peers``, checked when the TCP connection is accepted); one peer holds at most
+``max_per_peer`` connections and everyone together ``max_associations``; a connection that sends
+no association request within ``acse_timeout`` seconds is closed, so idle sockets cannot lock
+senders out for long.
 
-The content hash of a received instance is the SHA-256 of the encoded data set as received
-(without the File Meta group). Logs name SOP Instance UIDs and hashes only, never patient data.
+Statuses: ``0x0000`` once the instance is spooled (its result, also an undecodable-pixels error,
+follows in the store); ``0xC210`` when the data set cannot be parsed (recorded with the error);
+``0xA700`` with an error comment when the instance is over the decode budget (recorded with the
+error) or cannot be spooled (disk full: not recorded, the sender may retry). Malformed PDUs and
+aborted associations are handled by pynetdicom and only end that association; the handler never
+raises. Logs name SOP Instance UIDs only, never patient data.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..detectors.base import Detector
-from ..io import UnreadableImageError, load_frames
 from ..results import ScanResult
-from ..scan import score_frames
+from .guard import (DEFAULT_CONCURRENT_DECODES, DEFAULT_DECODE_BUDGET, DecodeBudget, Header, PeerGate,
+                    RefusedInstance, decode_cost, read_header)
+from .spool import Spool, SpooledInstance
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AE_TITLE = "MEDFORENSICS"
 DEFAULT_PORT = 11112
+DEFAULT_SPOOL = "~/.medforensics/dicom-spool"
 
 #: Status codes returned to the sender (PS3.4 B.2.3 / pynetdicom conventions).
 SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
@@ -70,13 +83,15 @@ class ReceiverStats:
     """Counters of a running receiver (thread-safe updates through :meth:`add`)."""
 
     received: int = 0  # C-STORE requests handled
-    scored: int = 0  # instances decoded and scored
-    cached: int = 0  # answered from the store
-    errors: int = 0  # recorded with an error (undecodable pixels, unparsable data set)
-    failed: int = 0  # not recorded (status != 0x0000)
+    spooled: int = 0  # acknowledged (0x0000) and written to the spool
+    resumed: int = 0  # found in the spool on start (from an earlier run)
+    scored: int = 0  # decoded and scored
+    cached: int = 0  # answered from the store (same content key, same model)
+    errors: int = 0  # recorded with an error (undecodable pixels, unparsable data set, over budget)
+    refused: int = 0  # over the decode budget (0xA700)
+    failed: int = 0  # not recorded (spool or store unavailable; a spooled one is retried on restart)
     flagged: int = 0  # verdict "fake"
     echoes: int = 0
-    seconds_scoring: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: float) -> None:
@@ -85,25 +100,37 @@ class ReceiverStats:
                 setattr(self, key, getattr(self, key) + value)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("received", "scored", "cached", "errors", "failed", "flagged",
-                                             "echoes", "seconds_scoring")}
+        return {k: getattr(self, k) for k in ("received", "spooled", "resumed", "scored", "cached", "errors",
+                                             "refused", "failed", "flagged", "echoes")}
 
 
 class DicomReceiver:
     """A Storage SCP scanning every received image instance into a :class:`~medforensics.store.ResultStore`.
 
-    ``on_result(record)`` is called (from the association thread) after each stored result.
+    ``on_result(record)`` is called (from a scan-engine thread) after each newly stored result.
     ``forward`` selects what goes to the webhook: ``"flagged"`` (verdict fake) or ``"all"``.
+    ``spool_dir`` holds received instances until their result is stored (default: a folder under
+    ``~/.medforensics``); ``decode_budget`` (bytes) and ``max_decodes`` bound the memory and number
+    of decodes in progress; ``engine_workers`` is the scan engine's decode processes (default
+    ``max_decodes``).
     """
 
     def __init__(self, detector: Detector, store: Any, *, ae_title: str = DEFAULT_AE_TITLE,
                  threshold: float | None = None, max_frames: int = 16, webhook: str | None = None,
-                 forward: str = "flagged", require_called_aet: bool = True, workdir: str | Path | None = None,
+                 forward: str = "flagged", require_called_aet: bool = True,
+                 calling_aets: Iterable[str] | None = None, allowed_peers: Iterable[str] | None = None,
+                 max_associations: int = 8, max_per_peer: int = 4, acse_timeout: float = 5.0,
+                 network_timeout: float = 60.0, dimse_timeout: float = 60.0,
+                 spool_dir: str | Path | None = None, keep_spooled: bool = False,
+                 decode_budget: int = DEFAULT_DECODE_BUDGET, max_decodes: int = DEFAULT_CONCURRENT_DECODES,
+                 engine_workers: int | None = None, batch_size: int = 16,
                  on_result: Callable[[Any], None] | None = None):
-        from ..store import model_fingerprint
+        from ..engine import model_fingerprint
 
         if forward not in ("flagged", "all"):
             raise ValueError(f"forward must be 'flagged' or 'all', got {forward!r}")
+        if max_associations <= 0:
+            raise ValueError(f"max_associations must be positive, got {max_associations}")
         self.detector = detector
         self.store = store
         self.ae_title = ae_title
@@ -112,10 +139,18 @@ class DicomReceiver:
         self.model_id = model_fingerprint(detector)
         self.forward = forward
         self.require_called_aet = require_called_aet
+        self.calling_aets = [str(a).strip() for a in calling_aets or [] if str(a).strip()]
+        self.max_associations = int(max_associations)
+        self.timeouts = {"acse": float(acse_timeout), "network": float(network_timeout),
+                         "dimse": float(dimse_timeout)}
+        self.gate = PeerGate(allowed_peers, max_per_peer)
+        self.budget = DecodeBudget(decode_budget, max_decodes)
+        self.engine_workers = max_decodes if engine_workers is None else engine_workers
+        self.batch_size = batch_size
+        self.spool = Spool(spool_dir if spool_dir is not None else Path(DEFAULT_SPOOL) / ae_title)
+        self.keep_dir = self.spool.folder / "done" if keep_spooled else None
         self.on_result = on_result
         self.stats = ReceiverStats()
-        self._model_lock = threading.Lock()  # one model, scored by one association at a time
-        self._tmp = tempfile.TemporaryDirectory(prefix="medforensics-scp-", dir=workdir)
         self.webhook = None
         if webhook:
             from .webhook import WebhookSender
@@ -123,8 +158,15 @@ class DicomReceiver:
             self.webhook = WebhookSender(webhook)
         self.ae = self._make_ae()
         self.server = None
+        self.engine = None
         self.run_id: str | None = None
+        self._rule = None
         self._started = 0.0
+        self._queue: queue.Queue = queue.Queue()
+        self._dispatcher: threading.Thread | None = None
+        self._in_flight = 0  # handed to the dispatcher and not finished
+        self._idle = threading.Condition()
+        self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ association setup
     def _make_ae(self):
@@ -133,47 +175,129 @@ class DicomReceiver:
 
         ae = AE(ae_title=self.ae_title)
         ae.require_called_aet = self.require_called_aet
-        ae.maximum_associations = 16
-        ae.network_timeout = 60
-        ae.acse_timeout = 30
-        ae.dimse_timeout = 120
+        if self.calling_aets:
+            ae.require_calling_aet = self.calling_aets
+        ae.maximum_associations = self.max_associations
+        ae.acse_timeout = self.timeouts["acse"]  # also the ARTIM timer: a silent new connection is closed
+        ae.network_timeout = self.timeouts["network"]
+        ae.dimse_timeout = self.timeouts["dimse"]
         ae.add_supported_context(Verification)
         for uid in image_storage_classes().values():
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         return ae
 
+    def _server_classes(self):
+        from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+
+        gate = self.gate
+
+        class Handler(RequestHandler):
+            assoc = None
+
+            def _create_association(self):
+                self.assoc = super()._create_association()
+                return self.assoc
+
+            def handle(self) -> None:  # runs the association to its end, then frees the peer's slot
+                try:
+                    super().handle()
+                    if self.assoc is not None:
+                        self.assoc.join()
+                finally:
+                    gate.leave(str(self.client_address[0]))
+
+        class Server(ThreadedAssociationServer):
+            daemon_threads = True
+            block_on_close = False
+            request_queue_size = 64  # listen backlog: a burst is accepted (and judged) at once
+
+            def verify_request(self, request, client_address) -> bool:
+                return gate.admit(str(client_address[0]))
+
+        return Server, Handler
+
     def start(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *, block: bool = False):
-        """Start listening (``block=False``: in background threads; returns the server)."""
+        """Start scoring what is left in the spool, then listen (``block=False``: in background threads)."""
         from pynetdicom import evt
 
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
-                    (evt.EVT_ABORTED, self._on_abort)]
+        from ..engine import ScanEngine
+        from ..engine.dedup import StoreRule
+
         self._started = time.perf_counter()
         if self.store is not None and self.run_id is None:
             self.run_id = self.store.start_run("dicom", {"ae_title": self.ae_title, "port": port,
                                                          "model_id": self.model_id, "threshold": self.threshold})
-        log.info("DICOM receiver %s listening on %s:%s", self.ae_title, host, port)
-        self.server = self.ae.start_server((host, port), block=block, evt_handlers=handlers)
+            self._rule = StoreRule(self.store, self.detector, self.model_id, source="dicom")
+        self.engine = ScanEngine(self.detector, threshold=self.threshold, max_frames=self.max_frames,
+                                 batch_size=self.batch_size, workers=self.engine_workers, store=self.store,
+                                 source="dicom", model_id=self.model_id)
+        self._stopping.clear()
+        self._dispatcher = threading.Thread(target=self._dispatch, name="dicom-dispatch", daemon=True)
+        self._dispatcher.start()
+        left = self.spool.pending()
+        if left:
+            log.warning("scoring %d instance(s) left in the spool %s", len(left), self.spool.folder)
+        for path in left:
+            self.stats.add(resumed=1)
+            self._enqueue(path, None)
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
+                    (evt.EVT_ABORTED, self._on_abort)]
+        server_class, handler_class = self._server_classes()
+        self.server = self.ae.make_server((host, port), evt_handlers=handlers, server_class=server_class,
+                                          request_handler=handler_class)
+        self.ae._servers.append(self.server)
+        log.info("DICOM receiver %s listening on %s:%s", self.ae_title, host, self.server.server_address[1])
+        if block:
+            try:
+                self.server.serve_forever()
+            except KeyboardInterrupt:
+                pass
+            return None
+        threading.Thread(target=self.server.serve_forever, name="dicom-acceptor", daemon=True).start()
         return self.server
 
     @property
     def port(self) -> int | None:
         return None if self.server is None else self.server.server_address[1]
 
-    def stop(self) -> None:
-        """Stop listening, deliver pending webhooks, close the run and remove temporary files."""
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every spooled instance handed to the engine is finished; ``False`` on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    def stop(self, drain_timeout: float | None = 60.0) -> None:
+        """Stop listening, finish scoring (up to ``drain_timeout`` s), deliver webhooks, close the run.
+
+        Instances not scored by then stay in the spool and are scored on the next start.
+        """
         if self.server is not None:
-            self.server.shutdown()
-            self.server = None
+            server, self.server = self.server, None
+            server.shutdown()
+            for assoc in server.active_associations:
+                if assoc.is_established:  # a silent connection ends by itself within acse_timeout
+                    assoc.abort()
+        if self._dispatcher is not None:
+            if not self.wait_idle(drain_timeout):
+                log.warning("stopping with instances still to score: they stay in the spool %s", self.spool.folder)
+            self._stopping.set()
+            self._queue.put(None)
+            self._dispatcher.join()
+            self._dispatcher = None
+        if self.engine is not None:
+            self.engine.close()  # finishes what it was given
+            self.engine = None
         if self.webhook is not None:
             self.webhook.close()
         if self.store is not None and self.run_id is not None:
             seconds = time.perf_counter() - self._started
             s = self.stats
-            self.store.finish_run(self.run_id, n_ok=s.received - s.errors - s.failed, n_error=s.errors + s.failed,
-                                  n_cached=s.cached, seconds=seconds,
-                                  images_per_s=s.scored / s.seconds_scoring if s.seconds_scoring else 0.0)
-        self._tmp.cleanup()
+            try:
+                self.store.finish_run(self.run_id, n_ok=s.scored + s.cached - s.errors, n_error=s.errors + s.failed,
+                                      n_cached=s.cached, seconds=seconds,
+                                      images_per_s=s.scored / seconds if seconds > 0 else 0.0)
+            except Exception as err:
+                log.error("cannot close the receiver's run: %s", type(err).__name__)
+            self.run_id = None
 
     def __enter__(self) -> DicomReceiver:
         return self
@@ -190,94 +314,154 @@ class DicomReceiver:
     def _on_abort(self, event) -> None:
         log.warning("association with %s aborted", _caller(event))
 
-    def handle_store(self, event) -> int:
-        """C-STORE handler: never raises; returns the DIMSE status."""
+    def handle_store(self, event):
+        """C-STORE handler: never raises; returns the DIMSE status (a data set with an error comment)."""
         try:
             return self._store(event)
         except Exception:  # the last line of defence: one instance must never take the receiver down
             log.exception("unexpected failure while handling a C-STORE")
-            self.stats.add(received=1, failed=1)
+            self.stats.add(failed=1)
             return OUT_OF_RESOURCES
 
-    def _store(self, event) -> int:
-        from ..store import content_hash
-
+    def _store(self, event):
         self.stats.add(received=1)
         req = event.request
         sop_uid = str(req.AffectedSOPInstanceUID or "")
+        caller = _caller(event)
+        transfer_syntax = str(event.context.transfer_syntax)
         data = event.encoded_dataset(include_meta=False)
-        digest = content_hash(data)
-        source_path = f"dicom://{_caller(event)}/{sop_uid}"
-        det = self.detector
-        prev = None
-        if self.store is not None:
-            prev = self.store.find(content_hash=digest, detector=det.name, detector_version=det.version,
-                                   model_id=self.model_id)
-            if prev is not None and prev.ok:  # the same instance again: already recorded
-                self.stats.add(cached=1)
-                log.info("instance %s already recorded (%s)", sop_uid, prev.id)
-                return SUCCESS
-
-        status = SUCCESS
-        patient_id = patient_name = None
+        source = f"dicom://{caller}/{sop_uid}"
         try:
-            ds = event.dataset  # decodes the data set (not the pixels)
-            patient_id = _text(ds.get("PatientID"))
-            patient_name = _text(ds.get("PatientName"))
+            header = read_header(data, transfer_syntax, inflate_limit=self.budget.total_bytes)
+            cost = decode_cost(header, self.max_frames)
+            self.budget.check(cost)
+        except RefusedInstance as err:
+            log.warning("instance %s refused: %s", sop_uid, err.reason)
+            self.stats.add(refused=1)
+            self._record_failure(data, source, sop_uid, req, transfer_syntax, err.reason)
+            return _status(OUT_OF_RESOURCES, err.comment)
         except Exception as err:
-            result = ScanResult(path=source_path, threshold=self.threshold, model=self.model_id,
-                                error=f"cannot parse the DICOM data set: {type(err).__name__}: {err}")
-            status = CANNOT_UNDERSTAND
-        else:
-            result = self._score(event, source_path, sop_uid)
-        result.meta.setdefault("sop_instance_uid", sop_uid)
-        result.meta.setdefault("sop_class_uid", str(req.AffectedSOPClassUID or ""))
-        result.meta["transfer_syntax_uid"] = str(event.context.transfer_syntax)
-        self.stats.add(errors=not result.ok, flagged=result.verdict == "fake")
-        if self.store is None:
-            return status
-        if prev is not None and not result.ok:  # failed again: the stored error answers it (no duplicate row)
-            self.stats.add(cached=1)
-            return status
+            reason = f"cannot parse the DICOM data set: {type(err).__name__}: {err}"
+            log.warning("instance %s: %s", sop_uid, reason)
+            self._record_failure(data, source, sop_uid, req, transfer_syntax, reason)
+            return CANNOT_UNDERSTAND
+        meta = event.file_meta
+        if caller != "unknown":
+            meta.SourceApplicationEntityTitle = caller
         try:
-            rec = self.store.add(result, content_hash=digest, detector=det.name, detector_version=det.version,
-                                 source="dicom", run_id=self.run_id, model_id=self.model_id,
-                                 patient_id=patient_id, patient_name=patient_name)
+            path = self.spool.write(meta, data)
+        except OSError as err:
+            log.error("cannot spool instance %s: %s", sop_uid, err.strerror or type(err).__name__)
+            self.stats.add(failed=1)
+            return _status(OUT_OF_RESOURCES, "cannot store the instance (receiver spool unavailable)")
+        self.stats.add(spooled=1)
+        self._enqueue(path, cost)
+        return SUCCESS
+
+    def _record_failure(self, data: bytes, source: str, sop_uid: str, req, transfer_syntax: str,
+                        reason: str) -> None:
+        """Record an instance that was never spooled, keyed by the hash of its bytes as received."""
+        from ..engine import file_sha256
+
+        self.stats.add(errors=1)
+        if self._rule is None:
+            return
+        result = ScanResult(path=source, threshold=self.threshold, model=self.model_id, error=reason,
+                            meta={"sop_instance_uid": sop_uid, "sop_class_uid": str(req.AffectedSOPClassUID or ""),
+                                  "transfer_syntax_uid": transfer_syntax})
+        try:
+            key = file_sha256(data)
+            self._rule.record(result, key, self._rule.lookup(key), run_id=self.run_id)
         except Exception as err:
             log.error("cannot record instance %s: %s", sop_uid, type(err).__name__)
             self.stats.add(failed=1)
-            return OUT_OF_RESOURCES
-        log.info("instance %s (%s): %s", sop_uid, rec.modality or "?",
-                 f"{rec.verdict} score={rec.score:.4f}" if rec.ok else f"error: {rec.error}")
-        self._forward(rec)
-        if self.on_result is not None:
-            try:
-                self.on_result(rec)
-            except Exception:
-                log.exception("on_result callback failed")
-        return status
 
-    def _score(self, event, source_path: str, sop_uid: str) -> ScanResult:
-        """Write the instance to a temporary file, decode it with medforensics.io and score it."""
-        fd, tmp = tempfile.mkstemp(suffix=".dcm", dir=self._tmp.name)
+    # ------------------------------------------------------------------ asynchronous scoring
+    def _enqueue(self, path: Path, cost: int | None) -> None:
+        with self._idle:
+            self._in_flight += 1
+        self._queue.put((path, cost))
+
+    def _finished_one(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def _dispatch(self) -> None:
+        """Hand spooled instances to the engine, oldest first, each once its decode fits the budget."""
+        from ..engine import ScanInput
+
+        while True:
+            item = self._queue.get()
+            if item is None or self._stopping.is_set():
+                return
+            path, cost = item
+            try:
+                inst = self.spool.describe(path)
+                if cost is None:
+                    cost = _file_cost(path, inst.transfer_syntax_uid, self.max_frames, self.budget.total_bytes)
+                while not self.budget.acquire(cost, timeout=0.5):
+                    if self._stopping.is_set():
+                        self._finished_one()
+                        return
+            except RefusedInstance as err:  # a resumed instance over today's budget: set aside, named
+                log.error("spooled instance %s refused: %s; moved to %s", path.name, err.reason,
+                          self.spool.folder / "refused")
+                self.stats.add(refused=1, errors=1)
+                self.spool.remove(path, keep_in=self.spool.folder / "refused")
+                self._finished_one()
+                continue
+            except Exception as err:
+                log.error("cannot read spooled file %s: %s", path.name, err)
+                self.stats.add(failed=1)
+                self.spool.remove(path, keep_in=self.spool.folder / "unreadable")
+                self._finished_one()
+                continue
+            try:
+                future = self.engine.submit(ScanInput(Path(path), name=inst.source))
+            except Exception as err:
+                log.error("cannot queue %s: %s", inst.sop_instance_uid, err)
+                self.budget.release(cost)
+                self.stats.add(failed=1)
+                self._finished_one()
+                continue
+            future.add_done_callback(lambda fut, inst=inst, cost=cost: self._done(inst, cost, fut))
+
+    def _done(self, inst: SpooledInstance, cost: int, future) -> None:
+        """The engine finished one instance: account for it, drop it from the spool, forward it."""
+        self.budget.release(cost)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(event.encoded_dataset(include_meta=True))
             try:
-                frames = load_frames(tmp, max_frames=self.max_frames)
-            except UnreadableImageError as err:
-                return ScanResult(path=source_path, error=err.reason, threshold=self.threshold, model=self.model_id)
-            t0 = time.perf_counter()
-            with self._model_lock:
-                result = score_frames(source_path, frames, self.detector, self.threshold, with_maps=False,
-                                      model_id=self.model_id)
-            self.stats.add(scored=1, seconds_scoring=time.perf_counter() - t0)
-            return result
+                result: ScanResult = future.result()
+            except Exception as err:
+                log.error("scoring %s failed: %s (kept in the spool)", inst.sop_instance_uid, err)
+                self.stats.add(failed=1)
+                return
+            if self.store is not None and result.scan_id is None:
+                log.error("instance %s not recorded: %s (kept in the spool)", inst.sop_instance_uid, result.error)
+                self.stats.add(failed=1)
+                return
+            self.spool.remove(inst.path, keep_in=self.keep_dir)
+            if result.cached:
+                self.stats.add(cached=1)
+                log.info("instance %s already recorded (%s)", inst.sop_instance_uid, result.scan_id)
+                return
+            self.stats.add(scored=result.ok, errors=not result.ok, flagged=result.verdict == "fake")
+            log.info("instance %s (%s): %s", inst.sop_instance_uid, result.modality or "?",
+                     f"{result.verdict} score={result.score:.4f}" if result.ok else f"error: {result.error}")
+            rec = self.store.get(result.scan_id) if self.store is not None else None
+            if rec is None:
+                return
+            self._forward(rec)
+            if self.on_result is not None:
+                try:
+                    self.on_result(rec)
+                except Exception:
+                    log.exception("on_result callback failed")
+        except Exception:
+            log.exception("unexpected failure after scoring %s", inst.sop_instance_uid)
         finally:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            self._finished_one()
 
     def _forward(self, rec) -> None:
         if self.webhook is None or not rec.ok:
@@ -290,6 +474,27 @@ class DicomReceiver:
                              "result": payload})
 
 
+def _file_cost(path: Path, transfer_syntax: str, max_frames: int, inflate_limit: int) -> int:
+    """Decode cost of a spooled file, parsed from the data set after its File Meta group."""
+    import struct
+
+    raw = Path(path).read_bytes()
+    if raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
+        raise ValueError("not a spooled DICOM file (no File Meta group length)")
+    (group_length,) = struct.unpack("<I", raw[140:144])
+    return decode_cost(read_header(raw[144 + group_length:], transfer_syntax, inflate_limit=inflate_limit),
+                       max_frames)
+
+
+def _status(code: int, comment: str):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.Status = code
+    ds.ErrorComment = comment[:64]  # LO: at most 64 characters
+    return ds
+
+
 def _caller(event) -> str:
     try:
         return str(event.assoc.requestor.ae_title).strip() or "unknown"
@@ -297,27 +502,29 @@ def _caller(event) -> str:
         return "unknown"
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
-
 def storescu_profile(files: list[str | Path], cfg_path: str | Path, profile: str = "MedForensics") -> Path:
     """Write a dcmtk ``storescu`` association profile proposing each file's own SOP class and transfer syntax.
 
     ``storescu`` otherwise proposes uncompressed syntaxes only and cannot send JPEG / JPEG 2000 / RLE
     files without transcoding. Use: ``storescu -xf <cfg_path> MedForensics -aec MEDFORENSICS host port files…``.
-    At most 128 distinct (SOP class, transfer syntax) pairs fit one association.
+    At most 128 distinct (SOP class, transfer syntax) pairs fit one association. A file that cannot be
+    read (or lacks a SOP class / transfer syntax) is logged by name and left out.
     """
     import pydicom
 
     pairs: dict[tuple[str, str], None] = {}
     for f in files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-        sop = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID"))
-        pairs[(sop, str(ds.file_meta.TransferSyntaxUID))] = None
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+            meta = getattr(ds, "file_meta", None)
+            sop = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta is not None else None)
+            ts = meta.get("TransferSyntaxUID") if meta is not None else None
+            if not sop or not ts:
+                raise ValueError("no " + ("SOP class UID" if not sop else "transfer syntax UID"))
+        except Exception as err:
+            log.warning("storescu profile: skipping %s: %s: %s", f, type(err).__name__, err)
+            continue
+        pairs[(str(sop), str(ts))] = None
     if len(pairs) > 128:
         raise ValueError(f"{len(pairs)} (SOP class, transfer syntax) pairs: more than one association can propose")
     syntaxes = sorted({ts for _, ts in pairs})
