@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, open_model
+from .common import console, open_model, require_extra
 
 
 def reader_study(
@@ -23,6 +23,7 @@ def reader_study(
     port: int = typer.Option(8001, help="TCP port."),
 ) -> None:
     """Serve a page that shows a blinded, randomised real/fake mix and compares the reader with a detector."""
+    require_extra("serve", "fastapi", "uvicorn", "sqlalchemy", "alembic", what="medforensics reader-study")
     import uvicorn
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console
+from .common import console, require_extra
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -63,6 +63,7 @@ def serve(
         console.print("[red]error:[/] --allow-server-paths needs at least one --allowed-root")
         raise typer.Exit(2)
 
+    require_extra("serve", "fastapi", "uvicorn", "python_multipart", "sqlalchemy", "alembic", what="medforensics serve")
     import uvicorn
 
     from ..serve.app import create_app
