@@ -1,4 +1,4 @@
-"""Plain vs processing-matched view for the unsupervised reconstruction detectors (issue 5 follow-up).
+"""Plain vs processing-matched view for the unsupervised reconstruction detectors.
 
 The quick benchmark showed ae / unet_ae / inpaint_ae / oc_vae / ddpm_ood with identical AUCs in
 both views. Cause: not a bug — every per-image score does change, but the matched chain (0.5×
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from medforensics.benchmark.protocol import _MatchedView, score_manifest
+from medforensics.benchmark.protocol import ViewTransform, score_manifest
 from medforensics.benchmark.protocols import in_distribution_rows, score_rows
 from medforensics.data import ImageDataset
 from medforensics.data.processing import MatchedProcessing
@@ -51,7 +51,7 @@ def test_matched_view_rescores_reconstruction_detectors(name: str, toy_benchmark
     assert np.mean(plain.scores != matched.scores) > 0.8, name
     # ...and they are exactly the scores of the matched-view pixels (nothing cached from the plain view)
     pre = det.preprocessing
-    ds = ImageDataset(test, pre, transform=_MatchedView(pre.size, pre.fit, MatchedProcessing()), seed=0)
+    ds = ImageDataset(test, pre, transform=ViewTransform(pre.size, pre.fit, "matched", MatchedProcessing()), seed=0)
     direct = det.score(torch.stack([ds[i]["image"] for i in range(len(ds))]))
     np.testing.assert_allclose(matched.scores, direct, rtol=0, atol=1e-6)
     # the runner's scoring path (score_rows) gives the same numbers for both views

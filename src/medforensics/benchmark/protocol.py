@@ -14,6 +14,7 @@ Fakes whose anatomy has no real counterpart in their modality (see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ from ..eval.tables import metric_table, per_generator_metrics, per_group_metrics
 from ..io import UnreadableImageError, standardise
 from ..train.common import progress
 
+VIEWS = ("plain", "matched")
+
 
 @dataclass
 class ScoredSet:
@@ -38,14 +41,23 @@ class ScoredSet:
     errors: list[tuple[str, str]] = field(default_factory=list)
 
 
-class _MatchedView:
-    """Transform for the matched view: standardise first, then the identical processing chain."""
+class ViewTransform:
+    """Test-time transform of a view: standardise to the model size, the identical processing chain
+    (matched view only), then an optional robustness perturbation — on real and fake alike."""
 
-    def __init__(self, size: int, fit: str, chain: MatchedProcessing):
-        self.size, self.fit, self.chain = size, fit, chain
+    def __init__(self, size: int, fit: str, view: str = "matched", chain: MatchedProcessing | None = None,
+                 perturbation: Callable[[np.ndarray], np.ndarray] | None = None):
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r} (plain | matched)")
+        self.size, self.fit, self.view = size, fit, view
+        self.chain = chain or MatchedProcessing()
+        self.perturbation = perturbation
 
-    def __call__(self, pixels: np.ndarray, rng: np.random.Generator, row: Any = None) -> np.ndarray:
-        return self.chain(standardise(pixels, self.size, fit=self.fit))
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        out = standardise(pixels, self.size, fit=self.fit)
+        if self.view == "matched":
+            out = self.chain(out)
+        return out if self.perturbation is None else self.perturbation(out)
 
 
 def score_manifest(
@@ -54,17 +66,22 @@ def score_manifest(
     *,
     view: str = "plain",
     matched: MatchedProcessing | None = None,
+    perturbation: Callable[[np.ndarray], np.ndarray] | None = None,
     batch_size: int = 16,
     show_progress: bool = True,
+    description: str | None = None,
 ) -> ScoredSet:
-    """Score every row of ``manifest``; unreadable rows are recorded in ``errors`` and skipped."""
-    pre = detector.preprocessing
-    if view == "plain":
-        transform = None
-    elif view == "matched":
-        transform = _MatchedView(pre.size, pre.fit, matched or MatchedProcessing())
-    else:
+    """Score every row of ``manifest`` under a view (and a perturbation), in batches of ``batch_size``;
+    unreadable rows are recorded in ``errors`` and skipped. The one scoring loop of the benchmark.
+
+    The plain view without a perturbation is the detector's own preprocessing only (no transform).
+    """
+    if view not in VIEWS:
         raise ValueError(f"unknown view {view!r} (plain | matched)")
+    pre = detector.preprocessing
+    transform = None
+    if view == "matched" or perturbation is not None:
+        transform = ViewTransform(pre.size, pre.fit, view, matched, perturbation)
     dataset = ImageDataset(manifest, pre, transform=transform, seed=0)
     rows, labels, scores, errors = [], [], [], []
     pending: list[tuple[Any, dict]] = []
@@ -78,7 +95,7 @@ def score_manifest(
                 labels.append(int(item["label"]))
             pending.clear()
 
-    for i in progress(range(len(dataset)), f"scoring ({view})", enabled=show_progress):
+    for i in progress(range(len(dataset)), description or f"scoring ({view})", enabled=show_progress):
         row = manifest[i]
         try:
             pending.append((row, dataset[i]))

@@ -29,7 +29,6 @@ import torch
 from ..data import ImageDataset, Manifest, ManifestRow, anatomy_matched
 from ..data.processing import (
     ROBUSTNESS_PERTURBATIONS,
-    MatchedProcessing,
     Perturbation,
     content_seed,
     gaussian_blur,
@@ -39,8 +38,6 @@ from ..data.processing import (
 )
 from ..detectors.base import Detector
 from ..eval.tables import per_generator_metrics, per_group_metrics
-from ..io import UnreadableImageError, standardise
-from ..train.common import progress
 from .config import DetectorSpec, RunConfig
 from .protocol import ScoredSet, score_manifest
 
@@ -143,23 +140,6 @@ def check_perturbations(names: list[str]) -> None:
         raise ValueError(f"unknown perturbation(s) {bad}; known: {', '.join(PERTURBATIONS)}")
 
 
-class PerturbedView:
-    """Test-time transform: standardise, the view's chain (matched view), then a perturbation."""
-
-    def __init__(self, size: int, fit: str, view: str, perturbation: str, matched: MatchedProcessing | None = None):
-        if view not in ("plain", "matched"):
-            raise ValueError(f"unknown view {view!r} (plain | matched)")
-        self.size, self.fit, self.view = size, fit, view
-        self.chain = matched or MatchedProcessing()
-        self.perturbation = PERTURBATIONS[perturbation]
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        out = standardise(pixels, self.size, fit=self.fit)
-        if self.view == "matched":
-            out = self.chain(out)
-        return self.perturbation(out)
-
-
 def score_rows(
     detector: Detector,
     manifest: Manifest,
@@ -169,35 +149,14 @@ def score_rows(
     batch_size: int = 16,
     show_progress: bool = False,
 ) -> ScoredSet:
-    """Score ``manifest`` under a view (and a perturbation); unreadable rows go to ``errors``.
-
-    Without a perturbation this is :func:`medforensics.benchmark.protocol.score_manifest`.
-    """
+    """Score ``manifest`` under a view and a named perturbation (:data:`PERTURBATIONS`) with
+    :func:`medforensics.benchmark.protocol.score_manifest`; unreadable rows go to ``errors``."""
     if perturbation is None:
         return score_manifest(detector, manifest, view=view, batch_size=batch_size, show_progress=show_progress)
-    pre = detector.preprocessing
-    dataset = ImageDataset(manifest, pre, transform=PerturbedView(pre.size, pre.fit, view, perturbation), seed=0)
-    rows, labels, scores, errors = [], [], [], []
-    pending: list[tuple[ManifestRow, dict]] = []
-
-    def flush() -> None:
-        if pending:
-            scores.extend(detector.score(torch.stack([it["image"] for _, it in pending])).tolist())
-            for row, it in pending:
-                rows.append(row)
-                labels.append(int(it["label"]))
-            pending.clear()
-
-    for i in progress(range(len(dataset)), f"scoring ({view}, {perturbation})", enabled=show_progress):
-        try:
-            pending.append((manifest[i], dataset[i]))
-        except UnreadableImageError as err:
-            errors.append((manifest[i].path, err.reason))
-            continue
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    return ScoredSet(rows, np.asarray(labels, np.int64), np.asarray(scores, np.float64), errors)
+    check_perturbations([perturbation])
+    return score_manifest(detector, manifest, view=view, perturbation=PERTURBATIONS[perturbation],
+                          batch_size=batch_size, show_progress=show_progress,
+                          description=f"scoring ({view}, {perturbation})")
 
 
 # =============================================================================== benchmark parts
