@@ -238,3 +238,41 @@ def test_bootstrap_equals_per_iteration_sklearn_reference(monkeypatch, chunk_ele
             for stat in ("mean", "lo", "hi", "std", "point"):
                 assert fast[m][stat] == pytest.approx(ref[m][stat], abs=1e-12, rel=0), (m, stat)
             assert fast[m]["n"] == ref[m]["n"] == 30
+
+
+def test_paired_auc_bootstrap_hand_computed_case() -> None:
+    """Two reals, one fake. Detector a: r1 0.1 < f 0.5 < r2 0.9 (AUC ½); b separates (AUC 1) on every draw.
+    A draw picks the reals {r1,r1} (¼: AUC(a) 1), {r1,r2} or {r2,r1} (½: AUC(a) ½) or {r2,r2} (¼: AUC(a) 0),
+    so the paired difference is 0, −½ or −1 with probabilities ¼, ½, ¼: mean −½, 95% interval [−1, 0]."""
+    from medforensics.eval.bootstrap import paired_auc_bootstrap
+
+    labels = [0, 0, 1]
+    res = paired_auc_bootstrap(labels, [0.1, 0.9, 0.5], [0.0, 0.0, 1.0], n_iter=4000, seed=0)
+    assert res.point == -0.5 and (res.n_real, res.n_fake) == (2, 1)
+    values, counts = np.unique(res.draws, return_counts=True)
+    assert values.tolist() == [-1.0, -0.5, 0.0]
+    np.testing.assert_allclose(counts / 4000, [0.25, 0.5, 0.25], atol=0.03)
+    s = res.summary()
+    assert (s["lo"], s["hi"], s["n"]) == (-1.0, 0.0, 4000) and abs(s["mean"] + 0.5) < 0.03
+    # swapping the detectors negates every draw
+    swapped = paired_auc_bootstrap(labels, [0.0, 0.0, 1.0], [0.1, 0.9, 0.5], n_iter=4000, seed=0)
+    np.testing.assert_array_equal(swapped.draws, -res.draws)
+
+
+def test_paired_auc_bootstrap_identical_detectors_and_one_class() -> None:
+    from medforensics.eval.bootstrap import paired_auc_bootstrap
+
+    labels, scores = _decent(50)
+    same = paired_auc_bootstrap(labels, scores, scores, n_iter=30, seed=1)
+    assert same.point == 0.0 and not same.draws.any()  # pairing: identical detectors never differ
+    # a shared generator continues one stream: two calls with rng equal one call with twice the draws
+    rng = np.random.default_rng(5)
+    other = np.clip(scores + np.random.default_rng(9).normal(0, 0.2, scores.size), 0, 1)
+    first = paired_auc_bootstrap(labels, scores, other, n_iter=10, rng=rng).draws
+    second = paired_auc_bootstrap(labels, scores, other, n_iter=10, rng=rng).draws
+    both = paired_auc_bootstrap(labels, scores, other, n_iter=20, seed=5).draws
+    np.testing.assert_array_equal(np.r_[first, second], both)
+    one = paired_auc_bootstrap([1, 1], [0.2, 0.3], [0.1, 0.9], n_iter=5)
+    assert math.isnan(one.point) and np.isnan(one.draws).all() and one.summary()["n"] == 0
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_auc_bootstrap([0, 1], [0.2, 0.3], [0.1])
