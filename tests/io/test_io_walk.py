@@ -120,3 +120,129 @@ def test_sniff_format(tmp_path, encoded, pyd):
     (tmp_path / "z.foo").write_bytes(b"\x00\x01\x02\x03" * 10)
     with pytest.raises(UnreadableImageError, match="extension .foo does not match"):
         sniff_format(tmp_path / "z.foo")
+
+
+# --------------------------------------------------------------------------- walk robustness
+import os  # noqa: E402
+import signal  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+from medforensics.io import check_regular_file, iter_entries, load  # noqa: E402
+
+
+@contextmanager
+def no_hang(seconds: int = 10):
+    """Fail (instead of hanging the test run) if the block blocks, e.g. on a FIFO."""
+
+    def alarm(signum, frame):
+        raise TimeoutError("blocked: a non-regular file was opened")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _split(items):
+    paths = [i for i in items if not isinstance(i, UnreadableImageError)]
+    errors = {os.path.basename(e.path): e.reason for e in items if isinstance(e, UnreadableImageError)}
+    return paths, errors
+
+
+@pytest.fixture
+def walk_tree(tmp_path, encoded):
+    root = tmp_path / "w"
+    grey = encoded(np.zeros((8, 8), np.uint8), "PNG")
+    for rel in ("a.png", "b_locked/x.png", "c/y.png", "d/z.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(grey)
+    return root
+
+
+def test_unlistable_subfolder_is_reported_and_the_walk_goes_on(walk_tree, monkeypatch):
+    locked = str(walk_tree / "b_locked")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if str(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    items = list(iter_entries([walk_tree, walk_tree / "a.png"]))
+    paths, errors = _split(items)
+    assert [p.relative_to(walk_tree).as_posix() for p in paths] == ["a.png", "c/y.png", "d/z.png", "a.png"]
+    assert errors == {"b_locked": "cannot list directory: Permission denied"}
+    results = list(iter_images([walk_tree]))
+    assert [p.name for p, _ in results] == ["a.png", "b_locked", "y.png", "z.png"]
+    assert isinstance(results[1][1], UnreadableImageError)
+    with pytest.raises(UnreadableImageError, match="cannot list directory"):
+        list(iter_files([walk_tree]))  # iter_files raises at the first problem (documented)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not apply to root")
+def test_chmod_000_subfolder(walk_tree):
+    locked = walk_tree / "b_locked"
+    locked.chmod(0)
+    try:
+        paths, errors = _split(list(iter_entries([walk_tree])))
+    finally:
+        locked.chmod(0o755)
+    assert "b_locked" in errors and len(paths) == 3
+
+
+def test_dangling_links_loops_and_fifos_are_named(walk_tree):
+    (walk_tree / "c" / "gone.png").symlink_to(walk_tree / "nowhere.png")
+    (walk_tree / "c" / "self.png").symlink_to(walk_tree / "c" / "self.png")
+    (walk_tree / "c" / "up").symlink_to(walk_tree)  # loop back to an ancestor
+    os.mkfifo(walk_tree / "c" / "pipe.dcm")
+    with no_hang():
+        paths, errors = _split(list(iter_entries([walk_tree])))
+        results = list(iter_images([walk_tree]))
+    assert [p.relative_to(walk_tree).as_posix() for p in paths] == ["a.png", "b_locked/x.png", "c/y.png", "d/z.png"]
+    assert errors["gone.png"].startswith("dangling symbolic link")
+    assert errors["self.png"].startswith("symbolic link loop")
+    assert errors["up"].startswith("symbolic link loop")
+    assert errors["pipe.dcm"] == "not a regular file: FIFO (named pipe)"
+    assert len(results) == 8 and sum(isinstance(r, UnreadableImageError) for _, r in results) == 4
+
+
+def test_a_second_link_to_a_walked_folder_is_not_an_error(walk_tree):
+    (walk_tree / "e_alias").symlink_to(walk_tree / "d")
+    paths, errors = _split(list(iter_entries([walk_tree])))
+    assert errors == {} and [p.name for p in paths].count("z.png") == 1
+
+
+def test_problem_arguments_do_not_abort_the_walk(walk_tree, tmp_path):
+    dangling = tmp_path / "dangling.dcm"
+    dangling.symlink_to(tmp_path / "missing.dcm")
+    fifo = tmp_path / "fifo.dcm"
+    os.mkfifo(fifo)
+    with no_hang():
+        items = list(iter_entries([dangling, fifo, "/dev/zero", walk_tree / "a.png", tmp_path / "nope"]))
+        results = list(iter_images([dangling, fifo, walk_tree / "a.png"]))
+    reasons = [i.reason if isinstance(i, UnreadableImageError) else "ok" for i in items]
+    assert reasons[0].startswith("dangling symbolic link")
+    assert reasons[1] == "not a regular file: FIFO (named pipe)"
+    assert reasons[2] == "not a regular file: character device"
+    assert reasons[3] == "ok"
+    assert reasons[4] == "file not found"
+    assert isinstance(results[0][1], UnreadableImageError) and isinstance(results[2][1], list)
+
+
+def test_check_regular_file_and_loaders_never_open_special_files(tmp_path):
+    fifo = tmp_path / "fifo.dcm"
+    os.mkfifo(fifo)
+    (tmp_path / "ok.bin").write_bytes(b"12345")
+    assert check_regular_file(tmp_path / "ok.bin") == 5
+    with no_hang():
+        for path, reason in [(fifo, "FIFO"), ("/dev/zero", "character device"), (tmp_path, "is a directory")]:
+            with pytest.raises(UnreadableImageError, match=reason):
+                check_regular_file(path)
+            with pytest.raises(UnreadableImageError, match=reason):
+                load(path)
+            with pytest.raises(UnreadableImageError, match=reason):
+                sniff_format(path)

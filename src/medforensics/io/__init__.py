@@ -13,7 +13,8 @@ from .raster import MAX_PIXELS, MAX_TOTAL_PIXELS
 from .resize import resize_to, standardise
 from .samples import all_sample_dicoms, sample_dicoms
 from .types import ImageMeta, MedImage, UnreadableImageError
-from .walk import group_series, iter_files, iter_images, load, load_frames, sniff_format
+from .files import check_regular_file
+from .walk import group_series, iter_entries, iter_files, iter_images, load, load_frames, sniff_format
 
 __all__ = [
     "MAX_PIXELS",
@@ -25,7 +26,9 @@ __all__ = [
     "Preprocessing",
     "UnreadableImageError",
     "all_sample_dicoms",
+    "check_regular_file",
     "group_series",
+    "iter_entries",
     "iter_files",
     "iter_images",
     "load",

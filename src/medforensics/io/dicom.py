@@ -36,6 +36,7 @@ from pydicom.uid import (
 from .budget import FLOAT32, FLOAT64, DecodeCost, current_budget, human_bytes, shape_text
 from .intensity import IntensityConfig, canonical_modality, normalise_stack, pools_frames
 from .raster import check_frame_size, check_total_size
+from .files import open_regular
 from .types import ImageMeta, MedImage, UnreadableImageError, reraise_fatal
 
 Select = Callable[[int], list[int]]
@@ -108,7 +109,7 @@ def _deflated_start(path: Path) -> int | None:
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
     try:
-        with open(path, "rb") as fp:
+        with open_regular(path) as fp:
             read_preamble(fp, False)
             meta = _read_file_meta_info(fp)
             start = fp.tell()
@@ -147,7 +148,7 @@ def _check_deflated(path: Path, start: int, budget: int) -> None:
     total = 0
     limit = budget // 2 + 1
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             fh.seek(start)
             while total <= limit:
                 chunk = fh.read(1 << 16)
@@ -187,7 +188,7 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False, budget: int | 
     before pydicom inflates it.
     """
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(132)
     except OSError as exc:
         raise UnreadableImageError(path, f"cannot open file: {exc.strerror or exc}") from exc
@@ -223,7 +224,7 @@ def series_key(path: Path) -> tuple[str, float] | None:
     instance number sorts last (``inf``).
     """
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             if not has_dicm_magic(fh.read(132)):
                 return None
         with warnings.catch_warnings():

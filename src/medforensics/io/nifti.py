@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -26,9 +27,10 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import aff2axcodes, apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from .budget import FLOAT32, FLOAT64, DecodeCost, current_budget, shape_text
+from .budget import FLOAT32, FLOAT64, DecodeBudgetError, DecodeCost, current_budget, shape_text
 from .intensity import IntensityConfig, canonical_modality, normalise_stack, pools_frames
 from .raster import check_frame_size, check_total_size
+from .files import open_regular
 from .types import ImageMeta, MedImage, UnreadableImageError
 
 Select = Callable[[int], list[int]]
@@ -43,13 +45,23 @@ def is_nifti_header(head: bytes) -> bool:
     return int.from_bytes(head[:4], "little") in (348, 540) or int.from_bytes(head[:4], "big") in (348, 540)
 
 
-def _open(path: Path) -> nib.filebasedimages.FileBasedImage:
+def _open(path: Path, max_inflated: int | None = None) -> nib.filebasedimages.FileBasedImage:
+    """nibabel image; a file without a NIfTI suffix is read into memory (inflated up to ``max_inflated``)."""
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return nib.load(str(path))
-    data = path.read_bytes()
+    with open_regular(path) as fh:
+        data = fh.read()
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        if max_inflated is None:
+            data = gzip.decompress(data)
+        else:  # bounded: a gzip bomb stops at the budget instead of filling memory
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            inflated = inflater.decompress(data, max_inflated + 1)
+            if len(inflated) > max_inflated:
+                raise DecodeBudgetError(path, "gzip-compressed NIfTI data inflating to more than the budget",
+                                        len(inflated), max_inflated)
+            data = inflated
     cls = nib.Nifti2Image if int.from_bytes(data[:4], "little") == 540 or int.from_bytes(data[:4], "big") == 540 else nib.Nifti1Image
     return cls.from_bytes(data)
 
@@ -68,7 +80,7 @@ def display_slice(volume: np.ndarray, k: int) -> np.ndarray:
 def _gzip_size(path: Path) -> int | None:
     """Uncompressed size of a gzip file from its trailer (mod 2**32; None if not gzip)."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             if fh.read(2) != b"\x1f\x8b":
                 return None
             fh.seek(-4, 2)
@@ -80,7 +92,7 @@ def _gzip_size(path: Path) -> int | None:
 def _nifti_header(path: Path) -> nib.Nifti1Header | nib.Nifti2Header | None:
     """The header alone (first 540 bytes, inflated if gzipped), without reading the data."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(2)
         opener = gzip.open if head == b"\x1f\x8b" else open
         with opener(path, "rb") as fh:
@@ -147,7 +159,9 @@ def read_nifti(
                 nifti_cost(path, hshape, hdr.get_data_dtype(), True, None, in_memory_file=True,
                            volume_only=True).check(path, budget)
     try:
-        img = _open(path)
+        img = _open(path, max_inflated=budget)
+    except UnreadableImageError:
+        raise
     except Exception as exc:
         raise UnreadableImageError(path, f"corrupt NIfTI header: {exc}") from exc
     shape = tuple(int(s) for s in img.shape)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from .budget import FLOAT32, FLOAT64, DecodeCost, current_budget, shape_text
 from .intensity import IntensityConfig, normalise_intensity
+from .files import open_regular
 from .types import ImageMeta, MedImage, UnreadableImageError, reraise_fatal
 
 MAX_PIXELS = 100_000_000  # per frame (10k × 10k); larger headers are rejected before decoding
@@ -61,7 +62,7 @@ def check_total_size(path: str | Path, n_frames: int, height: int, width: int, s
 def _bomb_reason(path: Path, exc: Exception) -> str:
     """Message for Pillow's decompression-bomb error, with the PNG size when readable."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:
             head = fh.read(24)
         if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
             w, h = struct.unpack(">II", head[16:24])

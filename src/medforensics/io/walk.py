@@ -6,9 +6,13 @@ size (348 or 540, either byte order), possibly inside gzip → NIfTI. Only when 
 matches does the name help: ``.nii``/``.nii.gz`` → NIfTI reader, ``.dcm``/``.dicom``/
 ``.dic``/``.ima`` or a first tag in group 0002/0008 → DICOM reader (preamble-less files).
 
-**Walking** (:func:`iter_files`): top-level paths are visited in the order given; a file
-given explicitly is always yielded. Inside a folder, files come first (by name), then
-sub-folders (by name), recursively. Skipped while walking: hidden entries (name starting
+**Walking** (:func:`iter_entries`, :func:`iter_files`): top-level paths are visited in the
+order given; a regular file given explicitly is always yielded. Inside a folder, files come
+first (by name), then the problems found in it, then sub-folders (by name), recursively.
+Problems — a missing path, a dangling symbolic link, a link loop, a folder that cannot be
+listed, a FIFO / device / socket — are yielded by :func:`iter_entries` as
+:class:`UnreadableImageError` items and the walk goes on; nothing that is not a regular file
+is ever opened (:func:`~medforensics.io.files.check_regular_file`). Skipped while walking: hidden entries (name starting
 with ``.``), ``DICOMDIR``, and sidecars ``.json .csv .txt .md .html``. Every other regular
 file is yielded — unknown formats included — so batch callers can report them. DICOM files
 (``DICM`` magic) of one series are kept together, ordered by (InstanceNumber, name), and
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from .budget import current_budget
+from .files import check_regular_file, file_kind, open_regular
 from .dicom import DICOM_SUFFIXES, has_dicm_magic, looks_like_raw_dicom, read_dicom, series_key
 from .intensity import IntensityConfig, canonical_modality
 from .nifti import is_nifti_header, read_nifti
@@ -57,31 +62,19 @@ _READERS = {"dicom": read_dicom, "nifti": read_nifti}
 
 
 def _check_file(path: Path) -> int:
-    """Stat ``path``; raise for missing, directories, special files; return its size."""
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise UnreadableImageError(path, "file not found") from exc
-    except OSError as exc:
-        raise UnreadableImageError(path, f"cannot access file: {exc.strerror or exc}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise UnreadableImageError(path, "is a directory, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise UnreadableImageError(path, "not a regular file")
-    if st.st_size == 0:
-        raise UnreadableImageError(path, "empty file (0 bytes)")
-    return st.st_size
+    """Old name of :func:`check_regular_file` (kept for callers)."""
+    return check_regular_file(path)
 
 
 def sniff_format(path: str | Path) -> str:
     """Return ``"dicom"``, ``"nifti"``, ``"png"``, ``"jpeg"``, ``"tiff"``, ``"bmp"``, … or raise."""
     p = Path(path)
-    _check_file(p)
+    check_regular_file(p)
     try:
-        with open(p, "rb") as fh:
+        with open_regular(p) as fh:
             head = fh.read(1024)
     except OSError as exc:
-        raise UnreadableImageError(p, f"cannot open file: {exc.strerror or exc}") from exc
+        raise UnreadableImageError(p, f"cannot read file: {exc.strerror or exc}") from exc
     name = p.name.lower()
     if has_dicm_magic(head):
         return "dicom"
@@ -223,53 +216,91 @@ def _order_folder(files: list[Path]) -> list[Path]:
     return out
 
 
-def _walk_dir(folder: Path, seen: set[str]) -> Iterator[Path | UnreadableImageError]:
+def _walk_dir(folder: Path, seen: set[str], ancestors: tuple[str, ...] = ()) -> Iterator[Path | UnreadableImageError]:
     real = os.path.realpath(folder)
-    if real in seen:  # symlink loop
+    if real in ancestors:
+        yield UnreadableImageError(folder, f"symbolic link loop: points back to {real}, which contains it")
+        return
+    if real in seen:  # the same folder reached by another link: walked once
         return
     seen.add(real)
     try:
-        entries = sorted(folder.iterdir(), key=lambda e: e.name)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         yield UnreadableImageError(folder, f"cannot list directory: {exc.strerror or exc}")
         return
     files: list[Path] = []
     dirs: list[Path] = []
+    problems: list[UnreadableImageError] = []
     for entry in entries:
-        if _skipped(entry):
+        path = Path(entry.path)
+        if _skipped(path):
             continue
         try:
-            if entry.is_dir():
-                dirs.append(entry)
-            elif entry.is_file():
-                files.append(entry)
-        except OSError:
+            st = os.stat(entry.path)  # follows symbolic links
+        except OSError as exc:
+            try:
+                check_regular_file(path)
+            except UnreadableImageError as err:  # the named reason: dangling link, loop, access…
+                problems.append(err)
+            else:  # pragma: no cover - appeared between the two calls
+                files.append(path)
             continue
+        if stat.S_ISDIR(st.st_mode):
+            dirs.append(path)
+        elif stat.S_ISREG(st.st_mode):
+            files.append(path)
+        else:
+            problems.append(UnreadableImageError(path, f"not a regular file: {file_kind(st.st_mode)}"))
     yield from _order_folder(files)
+    yield from problems
     for sub in dirs:
-        yield from _walk_dir(sub, seen)
+        yield from _walk_dir(sub, seen, ancestors + (real,))
 
 
-def _entries(paths: Iterable[str | Path] | str | Path) -> Iterator[Path | UnreadableImageError]:
+def iter_entries(paths: Iterable[str | Path] | str | Path) -> Iterator[Path | UnreadableImageError]:
+    """The walk: every file under ``paths`` as a ``Path``, every problem as an ``UnreadableImageError``.
+
+    Order as :func:`iter_files`. Nothing stops the walk: a path that does not exist, a dangling
+    symbolic link (given or found), a symbolic link loop, a folder that cannot be listed, a
+    FIFO / device / socket inside a folder or given explicitly — each is yielded as an error
+    naming the path and what is wrong, and the walk goes on. Only regular files are yielded
+    as paths, so a caller may open (or hash) them; still call
+    :func:`~medforensics.io.files.check_regular_file` first, as the file may change.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for raw in paths:
         p = Path(raw)
-        if p.is_dir():
+        try:
+            st = os.stat(p)
+        except OSError:
+            try:
+                check_regular_file(p)
+            except UnreadableImageError as err:
+                yield err
+                continue
+            st = os.stat(p)  # pragma: no cover - appeared meanwhile
+        if stat.S_ISDIR(st.st_mode):
             yield from _walk_dir(p, set())
-        elif p.exists():
+        elif stat.S_ISREG(st.st_mode):
             yield p
         else:
-            yield UnreadableImageError(p, "file not found")
+            yield UnreadableImageError(p, f"not a regular file: {file_kind(st.st_mode)}")
+
+
+_entries = iter_entries  # old private name, still used by callers
 
 
 def iter_files(paths: Iterable[str | Path] | str | Path) -> Iterator[Path]:
     """Yield the files under ``paths`` in a deterministic order (rules in the module docstring).
 
-    Raises :class:`UnreadableImageError` for a path that does not exist (or a folder that
-    cannot be listed).
+    Raises :class:`UnreadableImageError` at the first problem :func:`iter_entries` reports
+    (missing path, unreadable folder, dangling link, FIFO…). Callers that must report every
+    problem and go on use :func:`iter_entries` instead.
     """
-    for item in _entries(paths):
+    for item in iter_entries(paths):
         if isinstance(item, UnreadableImageError):
             raise item
         yield item
@@ -281,9 +312,10 @@ def iter_images(
     """For each file of :func:`iter_files`, yield ``(path, frames)`` or ``(path, error)``.
 
     ``load_kwargs`` go to :func:`load_frames` (``modality``, ``intensity``, ``max_frames``).
-    Never raises for a bad file; a missing input path is yielded as an error too.
+    Never raises for a bad file; every problem of the walk (:func:`iter_entries`) is yielded as
+    ``(path, error)`` too, and the walk goes on.
     """
-    for item in _entries(paths):
+    for item in iter_entries(paths):
         if isinstance(item, UnreadableImageError):
             yield Path(item.path), item
             continue
