@@ -161,6 +161,38 @@ def test_decode_budget_caps_bytes_and_concurrent_decodes():
     assert budget.acquire(50, timeout=5) and budget.in_use == (2, 90)
 
 
+def test_read_header_inflates_in_bounded_chunks_and_stops_at_the_stream_end():
+    import zlib
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from medforensics.dicomnet.guard import read_header
+
+    ds = Dataset()
+    ds.PatientID, ds.Rows, ds.Columns = "P1", 1000, 1000
+    ds.PixelData = bytes(1_000_000)
+    ds["PixelData"].VR = "OB"
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)  # explicit VR little endian (the encoding under the deflate)
+    raw = buf.getvalue()
+    z = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = z.compress(raw) + z.flush()
+    for data in (stream + b"\x00", stream[: len(stream) // 2]):  # padded to even length; truncated
+        done: list = []
+        t = threading.Thread(target=lambda d=data: done.append(read_header(d, DeflatedExplicitVRLittleEndian,
+                                                                           inflate_limit=1 << 30)))
+        t.start()
+        t.join(10)
+        assert not t.is_alive(), "read_header did not stop at the end of the deflate stream"
+    assert done[0].inflated_bytes is not None
+    header = read_header(stream + b"\x00", DeflatedExplicitVRLittleEndian, inflate_limit=1 << 30)
+    assert header.inflated_bytes == len(raw) and header.dataset.Rows == 1000 and "PixelData" not in header.dataset
+    with pytest.raises(RefusedInstance, match="inflates to more than"):
+        read_header(stream, DeflatedExplicitVRLittleEndian, inflate_limit=100_000)
+
+
 def _deflated_rgb(tmp_path: Path, side: int, uid: str) -> Path:
     """A deflated secondary capture, side×side RGB of one colour: tiny on the wire, big once decoded."""
     ds = Dataset()

@@ -78,10 +78,14 @@ def read_header(data: bytes, transfer_syntax: str, *, inflate_limit: int) -> Hea
         stream = inflater.decompress(data, HEADER_BYTES)
         inflated = len(stream)
         tail = inflater.unconsumed_tail
-        while tail and inflated <= inflate_limit:
-            inflated += len(inflater.decompress(tail, 1 << 20))
+        while tail and not inflater.eof and inflated <= inflate_limit:  # bytes after the stream's end: padding
+            chunk = inflater.decompress(tail, 1 << 20)
+            if not chunk and inflater.unconsumed_tail == tail:
+                break  # no progress: a truncated stream
+            inflated += len(chunk)
             tail = inflater.unconsumed_tail
-        inflated += len(inflater.flush())
+        if not inflater.eof:
+            inflated += len(inflater.flush())
         if inflated > inflate_limit:
             raise RefusedInstance(f"deflated data set inflates to more than {_size(inflate_limit)} "
                                   f"(received {_size(len(data))}): over the receiver's decode budget",
