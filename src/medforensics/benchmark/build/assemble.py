@@ -21,6 +21,7 @@ from ...data import Manifest, ManifestRow, anatomy_of, assert_no_leakage
 from ...data.shared import anatomies_compatible, real_anatomies
 from ...io import UnreadableImageError, load
 from ...train.common import progress
+from ..records import json_default
 from .format_check import format_statistics_check
 from .inputs import write_sources
 from .options import BUILD_FILE, MANIFEST_FILE, SOURCES_FILE, BuildOptions, BuildResult, rank
@@ -69,7 +70,7 @@ def build_benchmark(
     if sources:
         write_sources(out, sources)
     report = _report(manifest, out, opt, writer, selection, sources_in_test(reals, sources), n_imported, t0)
-    (out / BUILD_FILE).write_text(json.dumps(report, indent=2, default=_json_default))
+    (out / BUILD_FILE).write_text(json.dumps(report, indent=2, default=json_default))
     if not report["format_check"]["passed"]:
         warnings.warn(f"format statistics separate real from fake in {out}: {report['format_check']['failures']}",
                       stacklevel=2)
@@ -266,13 +267,3 @@ def write_grids(manifest: Manifest, folder: Path, n: int = 8, thumb: int = 96) -
             Image.fromarray(strip).save(path)
             out[name] = path
     return out
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,4 +1,4 @@
-"""Issue 4 bench: BTD and the five reconstruction baselines on the shared real CT and MRI.
+"""BTD and the five reconstruction baselines in the BTD paper's setting, on the shared real CT and MRI.
 
 Per modality: patient-level train/val/test split of the real PNGs (``btd_real_split``); every
 detector is trained on patches of the training reals (one lesion-like-centred + random
@@ -15,7 +15,7 @@ ddpm_ood 120 s, each autoencoder 30 s per modality) so a busy machine trains few
 than overrunning — the steps actually done are printed and saved. ``--quick`` is a ~1-minute
 smoke run.
 
-    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/issue4_btd.py
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/btd_paper_setting/btd_and_baselines.py
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,12 +33,11 @@ import torch
 warnings.filterwarnings("ignore", message=".*CUDA is not available.*")
 
 from medforensics.benchmark.btd_protocol import load_patches, merge_results, run_btd_protocol, training_patches  # noqa: E402
+from medforensics.benchmark.records import peak_rss_mib  # noqa: E402
 from medforensics.data import shared_manifest  # noqa: E402
 from medforensics.detectors import create_detector  # noqa: E402
 from medforensics.synth.attacks import RepaintModel, btd_real_split, build_attack_sets  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import peak_rss_mib  # noqa: E402
 
 DETECTORS = ("btd", "ddpm_ood", "ae", "unet_ae", "inpaint_ae", "oc_vae")
 
@@ -50,8 +48,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="training steps of every detector (default 500; quick 8)")
     p.add_argument("--epochs", type=int, default=None, help="instead of --steps: epochs over the training patches")
     p.add_argument("--size", type=int, default=None, help="patch side in px at 256² (default 48; quick 32)")
-    p.add_argument("--out", default="bench/results/issue4", help="text results (JSON/CSV/Markdown)")
-    p.add_argument("--runs", default="runs/issue4", help="models, attack sets and plots (gitignored)")
+    p.add_argument("--out", default="bench/results/btd_paper_setting", help="text results (JSON/CSV/Markdown)")
+    p.add_argument("--runs", default="runs/btd_paper_setting", help="models, attack sets and plots (gitignored)")
     p.add_argument("--modalities", default="ct,mri")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-boot", type=int, default=None, help="bootstrap iterations (default 100; quick 10)")
@@ -114,7 +112,7 @@ def main() -> None:
     s = settings(a)
     torch.set_num_threads(1)
     budget = "~1 min (smoke)" if a.quick else "≤ ~25 min wall-clock"
-    print(f"issue4 BTD bench — CPU budget {budget} on a shared 2-core machine, OMP_NUM_THREADS=1, torch threads=1; "
+    print(f"BTD bench — CPU budget {budget} on a shared 2-core machine, OMP_NUM_THREADS=1, torch threads=1; "
           f"{'QUICK smoke run: numbers are not meaningful' if a.quick else 'full run'}", flush=True)
     print("settings:", json.dumps(s), flush=True)
     t_start = time.time()

@@ -1,5 +1,6 @@
-"""Issue 3 benchmark: DSKI (EfficientNet-Lite0 variant), UniFD, NPR, F3-Net and the shipped
-``forensic_cnn`` on the shared data, MedForensics-style tables, and DSKI's few-shot bank curve.
+"""Detectors compared on the shared data: DSKI (EfficientNet-Lite0 variant), UniFD, NPR, F3-Net and the
+shipped ``forensic_cnn``, MedForensics-style tables, and DSKI's few-shot bank curve. Does a pretrained
+backbone beat the from-scratch default model (paired bootstrap of the AUC difference)?
 
 Data recipe = ``medforensics train`` (``train/recipes.py``): patient-level split (seed 0, the split
 the shipped default model was trained on), anatomy-mismatched fakes dropped from train/val,
@@ -11,11 +12,11 @@ trained on the full training split, see its model card) and is not retrained.
 
 CPU budget: training/validation/test images are stratified subsamples (all published fakes
 kept) and epochs are small so the whole run fits ~25 min on 2 busy cores; the budget actually used
-is written into the outputs. Model directories go under ``runs/issue3/`` (git-ignored).
+is written into the outputs. Model directories go under ``runs/detectors_compared/`` (git-ignored).
 
-    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/issue3_detectors.py          # full budget
-    OMP_NUM_THREADS=1 .venv/bin/python bench/issue3_detectors.py --quick                 # smoke run, ~1 min
-    .venv/bin/python bench/issue3_detectors.py --detectors npr,f3net --epochs 6 --max-train 0   # all train images
+    nice -n 10 env OMP_NUM_THREADS=1 .venv/bin/python bench/detectors_compared/compare_detectors.py          # full budget
+    OMP_NUM_THREADS=1 .venv/bin/python bench/detectors_compared/compare_detectors.py --quick                 # smoke run, ~1 min
+    .venv/bin/python bench/detectors_compared/compare_detectors.py --detectors npr,f3net --epochs 6 --max-train 0   # all train images
 
 Few-shot curve (DSKI with MFRM): for each published generator with fakes in the test split, a
 fixed random order of its test fakes; the first k (k = 1, 4, 16, nested) are added to the bank
@@ -40,22 +41,24 @@ from typing import Any
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+ROOT = Path(__file__).resolve().parents[2]
 
-from medforensics.benchmark import evaluate_detector  # noqa: E402
-from medforensics.data import ImageDataset, Manifest, ManifestRow, MatchedProcessing, anatomy_matched, shared_manifest  # noqa: E402
-from medforensics.detectors import create_detector, list_detectors, load_detector  # noqa: E402
-from medforensics.detectors.card import render_model_card  # noqa: E402
-from medforensics.detectors.registry import UNAVAILABLE  # noqa: E402
-from medforensics.eval.metrics import compute_metrics  # noqa: E402
-from medforensics.eval.tables import metric_table  # noqa: E402
-from medforensics.io import UnreadableImageError, standardise  # noqa: E402
-from medforensics.train.recipes import PreparedData, prepare_supervised_data, training_datasets  # noqa: E402
+from medforensics.benchmark import evaluate_detector
+from medforensics.benchmark.protocol import ViewTransform
+from medforensics.benchmark.records import json_default, rounded
+from medforensics.data import ImageDataset, Manifest, ManifestRow, anatomy_matched, shared_manifest
+from medforensics.detectors import create_detector, list_detectors, load_detector
+from medforensics.detectors.card import render_model_card
+from medforensics.detectors.registry import UNAVAILABLE
+from medforensics.eval.bootstrap import paired_auc_bootstrap
+from medforensics.eval.metrics import compute_metrics
+from medforensics.eval.tables import metric_table
+from medforensics.io import UnreadableImageError
+from medforensics.train.recipes import PreparedData, prepare_supervised_data, training_datasets
 
 #: DSKI's paper recipe is SGD lr 1e-4 for 50 epochs; a CPU budget allows a few epochs, so the bench adds a
 #: cosine schedule and batch 16 (stated in the output). With feature centring, lr 1e-3 was no better than
-#: 1e-4 (docs/dski.md, "recipe check"); the first issue-3 run used 1e-3 before centring existed.
+#: 1e-4 (docs/dski.md, "recipe check"); the first run of this bench used 1e-3 before centring existed.
 DSKI_BUDGET_RECIPE = {"lr": 1e-4, "lr_schedule": "cosine", "batch_size": 16}
 #: bench name -> (registry name, constructor config). "forensic_cnn" is the shipped model.
 SPECS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -117,16 +120,6 @@ def composition(manifest: Manifest) -> dict[str, int]:
     return dict(sorted(Counter(_kind(r) for r in manifest).items()))
 
 
-class MatchedTransform:
-    """The evaluation's matched view: standardise to the model size, then the identical chain."""
-
-    def __init__(self, size: int, fit: str, chain: MatchedProcessing | None = None):
-        self.size, self.fit, self.chain = size, fit, chain or MatchedProcessing()
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self.chain(standardise(pixels, self.size, fit=self.fit))
-
-
 # ----------------------------------------------------------------------------- detectors
 def build_detector(bench_name: str, epochs: int | None, overrides: dict[str, Any], quick: bool, seed: int, log: list[str]):
     """A new detector for ``bench_name``; options the detector does not know are dropped (logged)."""
@@ -155,24 +148,15 @@ def strip_scores(views: dict[str, Any]) -> dict[str, Any]:
 
 def paired_auc_difference(a: dict[str, float], b: dict[str, float], labels: dict[str, int], n_boot: int,
                           seed: int) -> dict[str, float]:
-    """AUC(a) − AUC(b) on the images both scored: point, class-stratified paired bootstrap 95% CI."""
-    from sklearn.metrics import roc_auc_score
-
+    """AUC(a) − AUC(b) on the images both scored (keyed by path): point and paired bootstrap 95% CI."""
     keys = sorted(set(a) & set(b) & set(labels))
-    y = np.array([labels[k] for k in keys])
-    sa, sb = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
-    if len(set(y)) < 2:
-        return {"delta_auc": math.nan, "lo": math.nan, "hi": math.nan, "n": len(keys)}
-    point = roc_auc_score(y, sa) - roc_auc_score(y, sb)
-    rng = np.random.default_rng(seed)
-    real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
-    reps = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(real, len(real)), rng.choice(fake, len(fake))])
-        reps.append(roc_auc_score(y[idx], sa[idx]) - roc_auc_score(y[idx], sb[idx]))
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return {"delta_auc": float(point), "lo": float(lo), "hi": float(hi), "n": len(keys),
-            "n_real": int(len(real)), "n_fake": int(len(fake))}
+    if not keys:
+        return {"delta_auc": math.nan, "lo": math.nan, "hi": math.nan, "n": 0}
+    res = paired_auc_bootstrap([labels[k] for k in keys], [a[k] for k in keys], [b[k] for k in keys],
+                               n_iter=n_boot, seed=seed)
+    s = res.summary()
+    return {"delta_auc": res.point, "lo": s["lo"], "hi": s["hi"], "n": len(keys), "n_real": res.n_real,
+            "n_fake": res.n_fake}
 
 
 # ----------------------------------------------------------------------------- few-shot
@@ -180,7 +164,7 @@ def fewshot_curve(det: Any, test: Manifest, reference: Manifest, ks: tuple[int, 
                   batch: int = 32) -> dict[str, Any]:
     """DSKI few-shot bank curve on the published-generator fakes of ``test`` (see module docstring)."""
     pre = det.preprocessing
-    transform = MatchedTransform(pre.size, pre.fit) if view == "matched" else None
+    transform = ViewTransform(pre.size, pre.fit, "matched") if view == "matched" else None
     fakes = [r for r in test if _kind(r) == "published"]
     by_gen: dict[str, list[ManifestRow]] = defaultdict(list)
     for r in fakes:
@@ -323,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-val", type=int, default=None, help="validation images (0 = all)")
     ap.add_argument("--max-test", type=int, default=None, help="test images (0 = all; published fakes always kept)")
     ap.add_argument("--n-boot", type=int, default=None, help="bootstrap iterations")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/issue3", help="JSON + Markdown output folder")
-    ap.add_argument("--runs", type=Path, default=ROOT / "runs/issue3", help="model dirs and per-image scores (git-ignored)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench/results/detectors_compared", help="JSON + Markdown output folder")
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs/detectors_compared", help="model dirs and per-image scores (git-ignored)")
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs/work", help="tampered copies (shared with `medforensics train`)")
     ap.add_argument("--set", dest="options", action="append", default=[],
                     help="detector option NAME.key=value (JSON value), e.g. --set dski.batch_size=16")
@@ -393,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             text += [f"## {label}, β = {fs['beta']} ({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
         (args.out / "fewshot.md").write_text("\n".join(text))
         (args.out / "fewshot.json").write_text(json.dumps({"model": str(args.fewshot_model), "images_used": used,
-                                                           "curves": curves}, indent=2, default=_json_default))
+                                                           "curves": curves}, indent=2, default=json_default))
         print("\n".join(text))
         return 0
     if args.render_only:
@@ -450,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["best_epoch"] = det.training_summary.get("best_epoch")
                 entry["history"] = det.training_summary.get("history")
                 model_dir = args.runs / "models" / name
-                command = "python bench/issue3_detectors.py " + " ".join(sys.argv[1:] if argv is None else argv)
+                command = "python bench/detectors_compared/compare_detectors.py " + " ".join(sys.argv[1:] if argv is None else argv)
                 det.save(model_dir, model_card=render_model_card(det, command=command))
             entry["train_seconds"] = round(time.time() - t0, 1)
             entry["config"] = det.config
@@ -544,7 +528,7 @@ def write_report(payload: dict[str, Any], scores_by_det: dict[str, dict[str, dic
                        f"({fs['seconds']} s)", "", fewshot_markdown(fs), ""]
     wall, used, full = payload["wall_seconds"], payload["images_used"], payload["split_full_recipe"]
     header = [
-        "# Issue 3 detectors on ../shared/data", "",
+        "# Detectors compared on ../shared/data", "",
         f"- Budget: {'quick smoke run' if payload['quick'] else 'full CPU budget'}; torch threads "
         f"{payload['torch_threads']}; total wall time {wall} s ({wall / 60:.1f} min) on "
         f"{payload.get('machine') or platform.machine()}, {os.cpu_count()} cores"
@@ -569,7 +553,7 @@ def write_report(payload: dict[str, Any], scores_by_det: dict[str, dict[str, dic
     markdown = "\n".join(header + md)
     (args.out / "results.md").write_text(markdown)
     payload = {**payload, "answer": answer}
-    (args.out / "results.json").write_text(json.dumps(_rounded(payload), indent=1, default=_json_default) + "\n")
+    (args.out / "results.json").write_text(json.dumps(rounded(payload), indent=1, default=json_default) + "\n")
     print("\n" + markdown)
 
 
@@ -630,28 +614,6 @@ def answer_pretrained_question(scores: dict[str, dict[str, dict[str, float]]], l
     out["summary"] = summary
     out["text"] = "\n".join(lines)
     return out
-
-
-def _rounded(obj: Any, digits: int = 4) -> Any:
-    """Floats rounded for a compact JSON (NaN/inf become null)."""
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return round(v, digits) if math.isfinite(v) else None
-    if isinstance(obj, dict):
-        return {str(k): _rounded(v, digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_rounded(v, digits) for v in obj]
-    return obj
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple, Path)):
-        return list(obj) if not isinstance(obj, Path) else str(obj)
-    return str(obj)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Issue 5: should the shipped default model be retrained with the development benchmark's fakes?
+"""Should the shipped default model be retrained with the development benchmark's factory fakes?
 
-    nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python bench/issue5_default_model.py \
-        --benchmark runs/bench/dev-medium/benchmark --json bench/results/issue5_default_model.json
+    nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python bench/default_model_with_factory_fakes/factory_fakes_check.py \
+        --benchmark runs/bench/dev-medium/benchmark --json bench/results/default_model_with_factory_fakes/equal_budget.json
 
 The shipped ``default`` model is ``medforensics train forensic_cnn`` on the shared data (reals,
 published-generator fakes and tampered copies; patient-level split, seed 0). Two models are
@@ -13,7 +13,7 @@ trained here at one equal, reduced budget on that same split:
   whose original is in the shared train split, so nothing of the test split leaks in).
 
 Both, and the shipped model, are scored on the shared test split (reals, published-generator
-fakes, tampered copies) in the processing-matched view. The question of the issue is answered by
+fakes, tampered copies) in the processing-matched view. The question is answered by
 the published generators' per-generator AUC: does adding the factory fakes help on generators
 the factory does not contain? The paired difference has a bootstrap interval.
 
@@ -31,24 +31,22 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import emit, peak_rss_mib  # noqa: E402
+from medforensics.benchmark.records import emit, peak_rss_mib
+from medforensics.eval.bootstrap import paired_auc_bootstrap
 
 
 def _paired_draw_delta(real: np.ndarray, fake: np.ndarray, new: np.ndarray, old: np.ndarray,
                        rng: np.random.Generator) -> float:
-    """One paired bootstrap draw: reals and fakes resampled separately, AUC(new) − AUC(old) on that draw."""
-    from sklearn.metrics import roc_auc_score
-
-    r, f = rng.choice(real, len(real)), rng.choice(fake, len(fake))
-    y = np.r_[np.zeros(len(r)), np.ones(len(f))]
-    return roc_auc_score(y, np.r_[new[r], new[f]]) - roc_auc_score(y, np.r_[old[r], old[f]])
+    """One paired bootstrap draw (:func:`~medforensics.eval.bootstrap.paired_auc_bootstrap`) of
+    AUC(new) − AUC(old) on the reals ``real`` vs the fakes ``fake`` (index arrays), from ``rng``."""
+    idx = np.r_[real, fake]
+    y = np.r_[np.zeros(len(real)), np.ones(len(fake))]
+    return float(paired_auc_bootstrap(y, new[idx], old[idx], n_iter=1, rng=rng).draws[0])
 
 
 def _published_auc(labels: np.ndarray, scores: dict[str, np.ndarray], gens: list[str], mods: list[str],
@@ -98,10 +96,10 @@ def _paired_test_auc(labels: np.ndarray, new: np.ndarray, old: np.ndarray, fakes
     AUC(new) − AUC(old): reals and those fakes resampled separately, the same draw for both models."""
     from sklearn.metrics import roc_auc_score
 
-    rng = np.random.default_rng(seed)
     real, fake = np.flatnonzero(labels == 0), np.flatnonzero(fakes & (labels == 1))
     y = np.r_[np.zeros(len(real)), np.ones(len(fake))]
-    d = np.array([_paired_draw_delta(real, fake, new, old, rng) for _ in range(n_boot)])
+    idx = np.r_[real, fake]
+    d = paired_auc_bootstrap(y, new[idx], old[idx], n_iter=n_boot, seed=seed).draws
     lo, hi = np.percentile(d, [2.5, 97.5])
     return {"n_fake": int(len(fake)), "n_real": int(len(real)),
             "auc": {"retrained": float(roc_auc_score(y, np.r_[new[real], new[fake]])),
@@ -154,7 +152,7 @@ def _retrain_lines(result: dict) -> str:
                          "rows derived from validation/test images dropped" for e in result["extra"])
              + f"; {result['train_seconds']} s of training on 2 CPU cores. Both models scored on the same test split "
              f"({result['test_rows']} images, matched view; the retrained model's own card, with its per-modality "
-             "metrics, is kept as `bench/results/issue5_default_retrain_MODEL_CARD.md`). AUC per published generator:",
+             "metrics, is kept as `bench/results/default_model_with_factory_fakes/full_budget_retrain_MODEL_CARD.md`). AUC per published generator:",
              "",
              "| generator | fakes | previous | retrained |", "|---|---:|---:|---:|"]
     for g, r in result["per_generator"].items():
@@ -185,7 +183,7 @@ def _retrain_lines(result: dict) -> str:
 
 
 def card_section(result: dict, retrain: dict | None = None) -> str:
-    """The model card's section on the issue-5 question, written from this script's results (the check,
+    """The model card's section on the factory-fakes question, written from this script's results (the check,
     and the full-budget retrain when there is one)."""
     per_gen, mean = result["per_generator"], result["mean_auc"]
     delta = result["delta_factory_minus_recipe"]
@@ -195,10 +193,10 @@ def card_section(result: dict, retrain: dict | None = None) -> str:
         CARD_SECTION,
         "",
         "Would adding the development benchmark's factory fakes (our DDPM, DCGAN and VAE, one of each per "
-        "modality, `bench/dev_benchmark_medium.yaml`) to this model's training data improve it on the "
+        "modality, `bench/development_benchmark/medium.yaml`) to this model's training data improve it on the "
         "published generators, which the factory does not contain?",
         "",
-        f"`bench/issue5_default_model.py` trains this recipe twice at one equal, reduced budget (width "
+        f"`bench/default_model_with_factory_fakes/factory_fakes_check.py` trains this recipe twice at one equal, reduced budget (width "
         f"{b['width']}, {b['epochs']} epochs, {b['patches_per_image']} patches per image): *recipe* as shipped "
         f"({result['train_rows']['recipe']} training rows), and *recipe+factory* with "
         f"{result['extra']['factory_fakes']} factory fakes and {result['extra']['reals_64px_history']} reals "
@@ -277,7 +275,7 @@ def compare_retrained(candidate: Path, baseline: str | None, workdir: str, n_boo
     tampered = np.array([r.family == "tamper" for r in scored.rows])
     extra = det.training_summary.get("data", {}).get("extra_train", [])
     return {
-        "benchmark": "issue5_default_retrain",
+        "benchmark": "default_model_full_budget_retrain",
         "candidate": str(candidate), "baseline": str(baseline or "shipped default"),
         "extra": [{k: e[k] for k in ("real", "fake", "dropped_derived_from_val_test")} for e in extra],
         "train_seconds": det.training_summary.get("seconds"),
@@ -294,12 +292,12 @@ def compare_retrained(candidate: Path, baseline: str | None, workdir: str, n_boo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmark", help="benchmark folder written by `bench run` / `bench build`")
-    ap.add_argument("--workdir", default="runs/work-issue5-default")
+    ap.add_argument("--workdir", default="runs/work-default-model-check")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--patches", type=int, default=8)
     ap.add_argument("--n-boot", type=int, default=200)
-    ap.add_argument("--models-out", default="runs/issue5-default-models", help="where the two models are saved")
+    ap.add_argument("--models-out", default="runs/default-model-check-models", help="where the two models are saved")
     ap.add_argument("--reuse", action="store_true", help="load the models of an earlier run from --models-out")
     ap.add_argument("--json", default=None)
     ap.add_argument("--model-card", default=None,
@@ -365,7 +363,7 @@ def main() -> None:
     scores["shipped"] = scored.scores
 
     result = {
-        "benchmark": "issue5_default_model",
+        "benchmark": "default_model_with_factory_fakes",
         "budget": cfg,
         "train_rows": {"recipe": len(data.train), "recipe+factory": len(augmented.train)},
         "extra": {"factory_fakes": added["fake"], "reals_64px_history": added["real"]},
