@@ -55,6 +55,10 @@ class Detector(ABC):
         self.threshold: float = 0.5
         self.calibration: dict[str, Any] = {"method": "default", "threshold": 0.5}
         self.training_summary: dict[str, Any] = {}
+        #: inference runtime recorded in the model directory (see :mod:`medforensics.detectors.runtime`)
+        self.runtime: dict[str, Any] | None = None
+        #: the model directory this detector was loaded from (None when built in memory)
+        self.model_dir: Path | None = None
 
     # ----------------------------------------------------------------- interface
     @abstractmethod
@@ -99,6 +103,19 @@ class Detector(ABC):
         """Per-pixel evidence maps (N×H×W in [0, 1]) if the detector can localise, else None."""
         return self._anomaly_map_arrays(self.prepare(images))
 
+    @torch.no_grad()
+    def score_with_maps(self, images: ImageBatch) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`score` and :meth:`anomaly_map` together; detectors that get both from one forward
+        pass override :meth:`_score_and_map_arrays` (the default calls the two methods)."""
+        batch = self.prepare(images)
+        if len(batch) == 0:
+            return np.zeros(0), None
+        scores, maps = self._score_and_map_arrays(batch)
+        return np.asarray(scores, dtype=np.float64).reshape(-1), maps
+
+    def _score_and_map_arrays(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        return self._score_arrays(batch), self._anomaly_map_arrays(batch)
+
     def predict(self, images: ImageBatch) -> tuple[np.ndarray, np.ndarray]:
         """Scores and verdicts (score >= threshold) at the calibrated operating point."""
         scores = self.score(images)
@@ -139,6 +156,7 @@ class Detector(ABC):
             "threshold": self.threshold,
             "calibration": self.calibration,
             "training": self.training_summary,
+            **({"runtime": self.runtime} if self.runtime else {}),
         }
 
     def save(self, directory: str | Path, model_card: str | None = None) -> Path:
@@ -158,6 +176,7 @@ class Detector(ABC):
         det.threshold = float(cfg.get("threshold", 0.5))
         det.calibration = dict(cfg.get("calibration", {}))
         det.training_summary = dict(cfg.get("training", {}))
+        det.runtime = cfg.get("runtime") or None
         return det
 
     @classmethod

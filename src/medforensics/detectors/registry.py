@@ -88,5 +88,6 @@ def load_detector(model: str | Path) -> Detector:
         )
     cfg, tensors = read_model_dir(path)
     det = get_detector_class(cfg["detector"]).from_config(cfg)
+    det.model_dir = path  # where a recorded inference runtime's files live
     det.load_state_dict(tensors)
     return det

@@ -42,7 +42,18 @@ from ...io.preprocess import Preprocessing
 from ...train.common import dataset_labels, progress, seed_everything
 from ..base import Detector, ImageBatch, merge_config
 from ..registry import register_detector
-from .model import back_in_time, build_scheduler, build_unet, from_model_range, noise_loss, to_model_range
+from .model import (
+    FixedStepNoise,
+    back_in_time,
+    back_in_time_steps,
+    build_scheduler,
+    build_unet,
+    from_model_range,
+    noise_loss,
+    predict_noise,
+    reverse_steps,
+    to_model_range,
+)
 from .patches import (
     extract_windows,
     merge_windows,
@@ -59,6 +70,9 @@ _EPS = 1e-12
 #: floor of the log-score spread of the probability map, so p saturates at 1.0 (float64) only for raw
 #: scores ≳ e^(37·0.1) ≈ 40× the median real score (ties there would blur AUC)
 MIN_LOG_SCALE = 0.1
+#: max |Δε| an inference runtime may add to ε_θ (the residual moves by √β_t·|Δε| ≈ 0.01·|Δε| at t = 1,
+#: i.e. ~1e-6 of a [0, 1] pixel here)
+RUNTIME_TOLERANCE_EPS = 1e-4
 
 DEFAULTS: dict[str, Any] = {
     # noise predictor ε_θ (base_width = the paper's init_features)
@@ -225,16 +239,76 @@ class BTDDetector(Detector):
 
     @torch.no_grad()
     def _residuals(self, crops: torch.Tensor, d: int | None = None) -> torch.Tensor:
-        """Squared residual (x₀ − x′)² in [0, 1] pixel units, channel-averaged: K×h×w for K crops."""
+        """Squared residual (x₀ − x′)² in [0, 1] pixel units, channel-averaged: K×h×w for K crops.
+
+        The crops of every image of a batch go through ε_θ together (``window_batch`` at a time); the
+        noise-free terms of the reverse steps are computed once per d (:func:`reverse_steps`); a
+        recorded inference runtime (:mod:`medforensics.detectors.runtime`) replaces the eager U-Net at
+        the step it was chosen for. Same result as :func:`back_in_time` with the eager U-Net."""
         d = int(d or self.config["d"])
         gen = self._generator()
         self.unet.eval()
+        steps = self._reverse_steps(d)
+        noise = self._noise_fn()
         out = []
         for chunk in crops.split(max(1, int(self.config["window_batch"]))):
             x0 = to_model_range(chunk).to(self.device)
-            x_prime = back_in_time(self.unet, self.scheduler, x0, d, stochastic=self.config["stochastic"], generator=gen)
+            x_prime = back_in_time_steps(noise, steps, x0, stochastic=self.config["stochastic"], generator=gen)
             out.append((((x0 - x_prime) * 0.5) ** 2).mean(1).cpu())  # (x₀ − x′)² in [0, 1] units
         return torch.cat(out) if out else torch.zeros((0, *crops.shape[-2:]))
+
+    def _reverse_steps(self, d: int) -> tuple:
+        cache = self.__dict__.setdefault("_steps_cache", {})
+        if d not in cache:
+            cache[d] = reverse_steps(self.scheduler, d)
+        return cache[d]
+
+    def noise_module(self, t: int = 1) -> FixedStepNoise:
+        """ε_θ(·, t) as a tensor → tensor module (model-range windows in, predicted noise out): what an
+        inference runtime runs."""
+        self.unet.eval()
+        return FixedStepNoise(self.unet, t).eval()
+
+    def runtime_spec(self, images: torch.Tensor) -> dict[str, Any]:
+        """What :func:`~medforensics.detectors.runtime.optimise_model_dir` measures: ε_θ at the first
+        reverse step (t = d) on the sliding windows of ``images`` (preprocessed reals), in model range."""
+        from ..runtime import Tolerance
+
+        batch = self._to_model_channels(images.float())
+        wins, positions = extract_windows(pad_to_min(batch, self.window), self.window, self.stride)
+        x = to_model_range(wins)
+        per_image = len(positions)
+        step = int(self.config["d"])
+        chunks = [x[i : i + per_image] for i in range(0, len(x), per_image)]
+        return {"module": self.noise_module(step), "example": x[: per_image * min(4, len(chunks))],
+                "calibration": chunks, "parity": chunks, "leaf_modules": (),
+                "digest": self._runtime_digest(step), "extra": {"step": step},
+                "tolerance": Tolerance(logit=RUNTIME_TOLERANCE_EPS, prob=float("inf"))}
+
+    def _runtime_digest(self, step: int) -> str:
+        from ..runtime import weights_digest
+
+        return weights_digest({**{k: v for k, v in self.state_dict().items() if k.startswith("unet.")},
+                               "step": torch.tensor([int(step)])})
+
+    def _noise_fn(self) -> Any:
+        """ε_θ(x, t): the recorded runtime at its step (CPU only), else the eager U-Net."""
+        runner, step = None, None
+        if self.runtime and self.runtime.get("name", "eager") != "eager" and self.device.type == "cpu":
+            if self.__dict__.get("_runtime_runner", False) is False:
+                from ..runtime import load_runner
+
+                step = int(self.runtime.get("step", 1))
+                self._runtime_runner = load_runner(self.runtime, self.noise_module(step), self.model_dir,
+                                                   self._runtime_digest(step))
+            runner, step = self._runtime_runner, int(self.runtime.get("step", 1))
+
+        def noise(x: torch.Tensor, t: int) -> torch.Tensor:
+            if runner is not None and t == step:
+                return runner(x)
+            return predict_noise(self.unet, x, t)
+
+        return noise
 
     def _region_mean(self, res: torch.Tensor, centers_in_patch: Sequence[tuple[float, float]]) -> torch.Tensor:
         """Mean residual of each K×h×w patch over the whole patch or its ``center_patch`` square."""
@@ -367,6 +441,11 @@ class BTDDetector(Detector):
 
     def _anomaly_map_arrays(self, batch: torch.Tensor) -> np.ndarray:
         return self._normalise_maps(self._analyse(self._to_model_channels(batch))[0].numpy())
+
+    def _score_and_map_arrays(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Score and heat-map from one back-in-time pass."""
+        maps, raw = self._analyse(self._to_model_channels(batch))
+        return self.probability(raw.double().numpy()), self._normalise_maps(maps.numpy())
 
     # ------------------------------------------------------------------ training
     def _load_reals(self, dataset: Sequence[dict], what: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
@@ -552,6 +631,7 @@ class BTDDetector(Detector):
             raise ValueError("weights hold no 'unet.*' tensors: not a BTD model")
         self.unet.load_state_dict(unet)
         self.unet.to(self.device).eval()
+        self._runtime_runner = False  # rebuilt (or refused: other weights) at the next scoring call
         cal = tensors.get("btd.calibration")
         if cal is not None:
             self.score_center, self.score_scale, self.map_scale = (float(v) for v in cal.tolist())

@@ -23,8 +23,12 @@ from torch.nn import functional as F
 from ...train.common import BestState, progress, supervised_training_setup
 from ..base import Detector, merge_config
 from ..registry import register_detector
-from .model import ForensicCNN, patch_map, patchify, topk_mean
+from .model import ForensicCNN, PatchGrid, conv_grid_supported, patch_map, patchify, topk_mean
 
+#: parity an inference runtime must keep with eager PyTorch on every patch logit / patch probability
+#: (fp32 runtimes differ by ~1e-5; int8 is accepted only if it stays this close)
+RUNTIME_TOLERANCE_LOGIT = 0.05
+RUNTIME_TOLERANCE_PROB = 0.01
 DEFAULT_TOPK = 0.25
 #: image score = mean of the top fraction of patch logits; 0.0 = the single highest patch (max)
 TOPK_CANDIDATES = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -44,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "target_fpr": 0.05,
     "num_workers": 0,
     "score_batch": 8,
+    "grid": "conv",  # scoring: "conv" = one fully convolutional pass per image, "patches" = cut the patches
     "progress": True,
 }
 
@@ -63,22 +68,79 @@ class ForensicCNNDetector(Detector):
         self.model.eval()
 
     # ------------------------------------------------------------------ scoring
-    def _patch_logits(self, batch: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _patch_logits(self, batch: torch.Tensor, grid: str | None = None,
+                      runner: Any = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """N×(gh·gw) patch logits and the grid shape (gh, gw).
+
+        ``grid`` (default: the ``grid`` option): ``"conv"`` runs the network once over each whole image
+        (:meth:`ForensicCNN.patch_grid`; images whose size is not a multiple of 16 fall back to cut
+        patches), ``"patches"`` cuts the patches and scores each on its own. ``runner`` replaces the
+        eager network on the conv path (an inference runtime, see :meth:`_runner`).
+        """
         c = self.config
         self.model.eval()
-        patches, grid = patchify(batch, c["patch_size"], c["patch_stride"])
-        logits = torch.cat([self.model(p) for p in patches.split(c["score_batch"] * grid[0] * grid[1])])
-        return logits.view(batch.shape[0], -1), grid
+        size, stride = c["patch_size"], c["patch_stride"]
+        mode = grid or c.get("grid", "conv")
+        if mode not in ("conv", "patches"):
+            raise ValueError(f"forensic_cnn grid must be 'conv' or 'patches', got {mode!r}")
+        if mode == "conv" and conv_grid_supported(tuple(batch.shape[-2:]), size, stride):
+            net = runner or (lambda x: self.model.patch_grid(x, size, stride))
+            out = torch.cat([net(chunk) for chunk in batch.split(max(1, c["score_batch"]))])
+            return out.reshape(batch.shape[0], -1).float(), (out.shape[1], out.shape[2])
+        patches, g = patchify(batch, size, stride)
+        logits = torch.cat([self.model(p) for p in patches.split(c["score_batch"] * g[0] * g[1])])
+        return logits.view(batch.shape[0], -1), g
 
-    def _score_arrays(self, batch: torch.Tensor) -> np.ndarray:
-        logits, _ = self._patch_logits(batch)
+    def _runner(self) -> Any:
+        """The recorded inference runtime of the conv grid (built once), or None for eager PyTorch."""
+        if not self.runtime or self.runtime.get("name", "eager") == "eager":
+            return None
+        if getattr(self, "_runtime_runner", False) is False:
+            from ..runtime import load_runner, weights_digest
+            from ..layers import SRMFilters
+
+            self._runtime_runner = load_runner(self.runtime, self.grid_module(), self.model_dir,
+                                               weights_digest(self.state_dict()), leaf_modules=(SRMFilters,))
+        return self._runtime_runner
+
+    def grid_module(self) -> PatchGrid:
+        """The network as images → N×gh×gw patch logits (what an inference runtime runs)."""
+        self.model.eval()
+        return PatchGrid(self.model, self.config["patch_size"], self.config["patch_stride"]).eval()
+
+    def runtime_spec(self, images: torch.Tensor) -> dict[str, Any]:
+        """What :func:`~medforensics.detectors.runtime.optimise_model_dir` measures: the one-pass grid
+        module, an example batch and int8 calibration batches from ``images`` (preprocessed reals)."""
+        from ..layers import SRMFilters
+        from ..runtime import Tolerance, weights_digest
+
+        batch = images.float()
+        return {"module": self.grid_module(), "example": batch[:8], "leaf_modules": (SRMFilters,),
+                "calibration": [batch[i : i + 8] for i in range(0, len(batch), 8)],
+                "parity": [batch[i : i + 8] for i in range(0, len(batch), 8)],
+                "digest": weights_digest(self.state_dict()), "extra": {},
+                "tolerance": Tolerance(logit=RUNTIME_TOLERANCE_LOGIT, prob=RUNTIME_TOLERANCE_PROB)}
+
+    def _score_logits(self, logits: torch.Tensor) -> np.ndarray:
         topk = self.config["topk"]
         return torch.sigmoid(topk_mean(logits, DEFAULT_TOPK if topk == "auto" else topk)).numpy()
 
-    def _anomaly_map_arrays(self, batch: torch.Tensor) -> np.ndarray:
+    def _map_of(self, logits: torch.Tensor, grid: tuple[int, int], hw: tuple[int, int]) -> np.ndarray:
         c = self.config
-        logits, grid = self._patch_logits(batch)
-        return patch_map(torch.sigmoid(logits), grid, tuple(batch.shape[-2:]), c["patch_size"], c["patch_stride"]).numpy()
+        return patch_map(torch.sigmoid(logits), grid, hw, c["patch_size"], c["patch_stride"]).numpy()
+
+    def _score_arrays(self, batch: torch.Tensor) -> np.ndarray:
+        logits, _ = self._patch_logits(batch, runner=self._runner())
+        return self._score_logits(logits)
+
+    def _anomaly_map_arrays(self, batch: torch.Tensor) -> np.ndarray:
+        logits, grid = self._patch_logits(batch, runner=self._runner())
+        return self._map_of(logits, grid, tuple(batch.shape[-2:]))
+
+    def _score_and_map_arrays(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Score and heat-map from one pass of the network."""
+        logits, grid = self._patch_logits(batch, runner=self._runner())
+        return self._score_logits(logits), self._map_of(logits, grid, tuple(batch.shape[-2:]))
 
     # ------------------------------------------------------------------ training
     def _sample_patches(self, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator):
@@ -196,3 +258,4 @@ class ForensicCNNDetector(Detector):
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(tensors)
         self.model.eval()
+        self._runtime_runner = False  # rebuilt (or refused: other weights) at the next scoring call
