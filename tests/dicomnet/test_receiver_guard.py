@@ -328,3 +328,16 @@ def test_one_instance_is_one_row_whatever_the_transfer_syntax_or_entry_point(det
     (row,) = store.query(limit=None)
     assert row.content_hash == content_key(rle) == from_disk.content_hash and row.source == "dicom"
     store.close()
+
+
+def test_dicom_listen_rejects_a_bad_allow_list_entry(detector, tmp_path):
+    from typer.testing import CliRunner
+
+    from medforensics.cli import app
+
+    model = detector.save(tmp_path / "model")
+    res = CliRunner().invoke(app, ["dicom-listen", "--port", "0", "--model", str(model),
+                                   "--db", f"sqlite:///{tmp_path / 'cli.db'}", "--spool", str(tmp_path / "spool"),
+                                   "--calling-aet", "PACS1", "--allow-peer", "10.0.0.0/8", "--allow-peer", "10.0.0.300"])
+    assert res.exit_code == 2
+    assert "not an IP address or network: '10.0.0.300'" in " ".join(res.output.split())

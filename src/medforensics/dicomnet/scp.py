@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterable
 
 from ..detectors.base import Detector
 from ..results import ScanResult
-from .guard import (DEFAULT_CONCURRENT_DECODES, DEFAULT_DECODE_BUDGET, DecodeBudget, Header, PeerGate,
+from .guard import (DEFAULT_CONCURRENT_DECODES, DEFAULT_DECODE_BUDGET, DecodeBudget, PeerGate,
                     RefusedInstance, decode_cost, read_header)
 from .spool import Spool, SpooledInstance
 
