@@ -18,10 +18,11 @@ from medforensics.detectors import load_detector
 
 def _scan_files(det, folder: str) -> dict:
     """End-to-end: walk, load, preprocess and score every file of ``folder`` (no maps)."""
-    from medforensics.scan import scan_paths
+    from medforensics.engine import ScanEngine
 
     t0 = time.perf_counter()
-    results = list(scan_paths([folder], det, with_maps=False))
+    with ScanEngine(det) as engine:
+        results = list(engine.scan([folder]))
     dt = time.perf_counter() - t0
     return {"files": len(results), "file_errors": sum(not r.ok for r in results),
             "files_per_s_end_to_end": round(len(results) / dt, 2)}

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from medforensics.cli import app
 from medforensics.detectors import create_detector, load_detector
-from medforensics.scan import scan_paths
+from medforensics.engine import ScanEngine
 from medforensics.store import ResultStore
 
 ray = pytest.importorskip("ray")
@@ -40,7 +40,8 @@ def test_ray_scan_matches_plain_scan_and_writes_the_store(local_ray, model_dir, 
         Image.fromarray(rng.integers(0, 256, (40, 56), dtype=np.uint8)).save(root / f"im{i}.png")
     (root / "ct.dcm").write_bytes((Path(pydicom.__file__).parent / "data/test_files/CT_small.dcm").read_bytes())
     (root / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    plain = {r.path: r for r in scan_paths([root], load_detector(model_dir), with_maps=False)}
+    with ScanEngine(load_detector(model_dir), workers=0) as engine:
+        plain = {r.path: r for r in engine.scan([root])}
 
     url = f"sqlite:///{tmp_path / 'ray.db'}"
     out = tmp_path / "ray.json"

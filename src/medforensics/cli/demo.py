@@ -17,10 +17,10 @@ from PIL import Image
 
 from ..eval.report import write_scan_report
 from ..io import UnreadableImageError, load, sample_dicoms
-from ..scan import scan_paths
+from ..engine import ScanEngine
+from ..outputs import result_table, write_csv, write_json
 from ..synth.tamper import tamper
 from .common import console, open_model
-from .scan import result_table, write_csv, write_json
 
 
 def _save_png(pixels: np.ndarray, path: Path) -> None:
@@ -75,7 +75,8 @@ def demo(
     inputs = prepare_inputs(out, seed, max_samples)
     detector = open_model(model)
     console.print(f"[bold]2/3[/] scanning with model {model!r} ({detector.name}, τ = {detector.threshold:.4f})")
-    results = list(scan_paths([inputs], detector))
+    with ScanEngine(detector, with_maps=True) as engine:
+        results = list(engine.scan([inputs]))
     console.print(result_table(results))
     console.print("[bold]3/3[/] writing outputs")
     info = {"model": model, "detector": detector.name, "threshold": detector.threshold,

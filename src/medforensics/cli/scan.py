@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import json
+import contextlib
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ..eval.calibration import threshold_at_fpr
 from ..eval.report import write_scan_report
+from ..outputs import StreamWriters, result_table
 from ..results import ScanResult
 from .common import console, open_model, refuse_overwrite
 
@@ -41,6 +40,12 @@ def scan(
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (default: start local Ray)."),
     num_gpus: float = typer.Option(0.0, "--num-gpus", help="GPUs per Ray worker (0 = CPU workers)."),
     workers: int = typer.Option(1, "--workers", help="Ray workers (model replicas)."),
+    decode_workers: int | None = typer.Option(None, "--decode-workers", min=0, help="Processes decoding files "
+                                              "(default: one per core beyond the model's, 1-4; 0 = decode in the "
+                                              "main process, without crash isolation)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Frames per model batch (across files)."),
+    decode_timeout: float = typer.Option(60.0, "--decode-timeout", min=0.1, help="Seconds one file may take to "
+                                         "decode before it is reported as an error."),
     store_phi: bool = typer.Option(False, "--store-phi", help="Store patient ID/name in the store in clear "
                                    "(default: patient ID hashed, name dropped)."),
 ) -> None:
@@ -56,13 +61,14 @@ def scan(
     if store_phi and not db:
         console.print("[red]error:[/] --store-phi needs a results store (--db)")
         raise typer.Exit(2)
-    missing = [p for p in paths if not p.exists()]
-    if missing:
+    missing = [p for p in paths if not p.exists()]  # a dangling link among others is reported as an error row
+    if len(missing) == len(paths):
         console.print(f"[red]error:[/] {missing[0]}: file not found")
         raise typer.Exit(2)
     detector = open_model(model)
     tau = resolve_threshold(detector, threshold, fpr)
     store = open_store(db, store_phi) if db else None
+    cleanup = contextlib.ExitStack()
     if engine == "ray":
         import importlib.util
 
@@ -73,25 +79,30 @@ def scan(
 
         if report is not None:
             console.print("note: with --engine ray the report has no thumbnails or heat-maps")
-
-        batch = RayScan(paths, model, detector=detector, store=store, threshold=tau, max_frames=max_frames,
-                        force=force, resume=resume, address=address, num_gpus=num_gpus, workers=workers)
+        scanner = RayScan(paths, model, detector=detector, store=store, threshold=tau, max_frames=max_frames,
+                          force=force, resume=resume, address=address, num_gpus=num_gpus, workers=workers)
+        results, summary = iter(scanner), lambda: scanner.summary
     else:
-        from ..batch import BatchScan
+        from ..engine import ScanEngine, run_args
 
-        batch = BatchScan(paths, detector, store=store, threshold=tau, max_frames=max_frames,
-                          with_maps=report is not None, force=force, resume=resume)
+        scan_engine = ScanEngine(detector, threshold=tau, with_maps=report is not None, max_frames=max_frames,
+                                 batch_size=batch_size, workers=decode_workers, store=store, force=force,
+                                 source="cli", decode_timeout=decode_timeout)
+        args = run_args(paths, scan_engine.model_id, threshold=tau, max_frames=max_frames)
+        results = scan_engine.scan(paths, run_args=args if store is not None else None, resume=resume)
+        summary = lambda: scan_engine.summary  # noqa: E731
+        cleanup.callback(scan_engine.close)
     info = {"model": model, "detector": detector.name, "threshold": tau,
             "calibration": {k: v for k, v in detector.calibration.items() if k != "real_val_scores"}}
     kept: list[ScanResult] = []  # for the HTML report only (small thumbnails)
     table_rows: list[ScanResult] = []
     n_files = n_err = n_fake = 0
-    with StreamWriters(json_out, csv_out, info) as writers, Progress(
+    with cleanup, StreamWriters(json_out, csv_out, info) as writers, Progress(
         TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(), console=console
     ) as bar:
         task = bar.add_task("scan", total=None, rate="")
-        for res in batch:
+        for res in results:
             writers.write(res)
             n_files += 1
             n_err += not res.ok
@@ -106,7 +117,7 @@ def scan(
         console.print(f"… {n_files - len(table_rows)} more rows (see --json / --csv / the store)")
     console.print(f"{n_files} files: {n_fake} flagged fake, {n_files - n_fake - n_err} real, {n_err} errors "
                   f"(model {model}, threshold {tau:.4f})")
-    s = batch.summary
+    s = summary()
     console.print(f"{s.n_scored} images scored in {s.seconds:.1f} s: {s.images_per_s:.2f} images/s"
                   + (f"; {s.n_cached} answered from the store" if store is not None else "")
                   + (f" (run {s.run_id})" if s.run_id else ""))
@@ -150,54 +161,6 @@ def redact_url(url: str) -> str:
     return _redact(url)
 
 
-class StreamWriters:
-    """JSON and CSV written result by result (constant memory); files appear under their names only when
-    the scan completes (written to ``<name>.partial`` meanwhile, so a killed run leaves no truncated output)."""
-
-    def __init__(self, json_out: Path | None, csv_out: Path | None, info: dict):
-        self.targets = [p for p in (json_out, csv_out) if p is not None]
-        self.json_out, self.csv_out, self.info = json_out, csv_out, info
-        self._json = self._csv = None
-        self._first = True
-
-    def __enter__(self) -> StreamWriters:
-        if self.json_out:
-            self.json_out.parent.mkdir(parents=True, exist_ok=True)
-            self._json = _partial(self.json_out).open("w")
-            head = {k: self.info[k] for k in ("model", "detector", "threshold")}
-            self._json.write(json.dumps(head, indent=2)[:-2] + ',\n  "results": [')
-        if self.csv_out:
-            self.csv_out.parent.mkdir(parents=True, exist_ok=True)
-            self._csv_fh = _partial(self.csv_out).open("w", newline="")
-            self._csv = csv.writer(self._csv_fh)
-            self._csv.writerow(FIELDS)
-        return self
-
-    def write(self, r: ScanResult) -> None:
-        if self._json is not None:
-            item = {**{k: getattr(r, k) for k in FIELDS}, "frames": r.frames, "meta": r.meta}
-            self._json.write(("\n    " if self._first else ",\n    ") + json.dumps(item, default=str))
-            self._first = False
-        if self._csv is not None:
-            self._csv.writerow(["" if getattr(r, k) is None else getattr(r, k) for k in FIELDS])
-
-    def __exit__(self, exc_type, *_exc: object) -> None:
-        if self._json is not None:
-            self._json.write("\n  ]\n}\n")
-            self._json.close()
-        if self._csv is not None:
-            self._csv_fh.close()
-        for target in self.targets:
-            if exc_type is None:
-                _partial(target).replace(target)
-            else:
-                _partial(target).unlink(missing_ok=True)
-
-
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
-
-
 def resolve_threshold(detector, threshold: float | None, fpr: float | None) -> float:
     """--threshold, else --fpr against the model's stored real validation scores, else the calibrated τ."""
     if threshold is not None:
@@ -209,34 +172,3 @@ def resolve_threshold(detector, threshold: float | None, fpr: float | None) -> f
             raise typer.Exit(2)
         return float(threshold_at_fpr(real_scores, fpr))
     return float(detector.threshold)
-
-
-def result_table(results: list[ScanResult]) -> Table:
-    table = Table(show_lines=False)
-    for col in ("file", "modality", "score", "verdict", "error"):
-        table.add_column(col, overflow="fold")
-    for r in results:
-        verdict = {"fake": "[bold red]fake[/]", "real": "[green]real[/]"}.get(r.verdict or "", "")
-        table.add_row(r.path, r.modality or "", "" if r.score is None else f"{r.score:.4f}", verdict, r.error or "")
-    return table
-
-
-FIELDS = ("path", "modality", "score", "verdict", "error")
-
-
-def write_json(results: list[ScanResult], path: Path, info: dict) -> None:
-    payload = {
-        "model": info["model"], "detector": info["detector"], "threshold": info["threshold"],
-        "results": [{**{k: getattr(r, k) for k in FIELDS}, "frames": r.frames, "meta": r.meta} for r in results],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str))
-
-
-def write_csv(results: list[ScanResult], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(FIELDS)
-        for r in results:
-            writer.writerow(["" if getattr(r, k) is None else getattr(r, k) for k in FIELDS])

@@ -1,11 +1,15 @@
 """The batch scan distributed over a Ray cluster (``medforensics scan --engine ray [--address …]``).
 
-The driver walks the inputs and hashes each file; files the store already answers never leave the
-driver. The rest become a Ray Data dataset (``ray.data.from_items``) mapped with
-:class:`ScoreWorker` through ``map_batches``: an actor class, so each worker loads the model once
-and scores batch after batch (``num_gpus`` > 0 reserves a GPU per worker; detectors whose config
-has ``device: "auto"`` then run on it). Result rows stream back to the driver, which writes them to
-the same results store as the local engine (commit per result, so a killed run resumes the same way).
+The driver walks the inputs (:func:`medforensics.engine.expand_inputs`); the files become a Ray Data
+dataset (``ray.data.from_items``) mapped with :class:`ScoreWorker` through ``map_batches``: an actor
+class, so each worker loads the model once and runs the local :class:`~medforensics.engine.ScanEngine`
+(isolated decoding, batching, :func:`~medforensics.engine.content_key`) batch after batch
+(``num_gpus`` > 0 reserves a GPU per worker; detectors whose config has ``device: "auto"`` then run
+on it). Result rows stream back to the driver, which applies the store rule of
+:mod:`medforensics.engine.dedup` — the same code as every other entry point — and commits each
+result, so a killed run resumes the same way. (The key of a DICOM instance needs its decoded
+pixels, so the store is consulted after the worker has read the file: a resumed run decodes again,
+but records nothing twice.)
 
 Workers read files by path and load the model by name or directory: on a multi-node cluster both
 must be reachable from every node (shared filesystem) and ``medforensics`` installed there.
@@ -22,45 +26,26 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import BatchSummary, iter_paths, run_args
-from ..io import UnreadableImageError
+from ..engine import RunSummary, ScanEngine, ScanInput, StoreRule, expand_inputs, run_args
 from ..results import ScanResult
 
 log = logging.getLogger(__name__)
 
 
 class ScoreWorker:
-    """Ray Data callable class: loads the model once, then scores batches of ``{"path", "content_hash"}``."""
+    """Ray Data callable class: loads the model once, then scans batches of ``{"path", "abs_path"}`` rows."""
 
     def __init__(self, model: str, threshold: float, max_frames: int, model_id: str):
         from ..detectors import load_detector
 
-        self.detector = load_detector(model)
-        self.threshold = float(threshold)
-        self.max_frames = int(max_frames)
-        self.model_id = model_id
-
-    def score_one(self, path: str) -> ScanResult:
-        from ..io import load_frames
-        from ..scan import score_frames
-
-        try:
-            frames = load_frames(path, max_frames=self.max_frames)
-        except UnreadableImageError as err:
-            return ScanResult(path=path, error=err.reason, threshold=self.threshold, model=self.model_id)
-        except Exception as err:  # never let one file fail the whole batch
-            return ScanResult(path=path, error=f"cannot read file: {type(err).__name__}: {err}",
-                              threshold=self.threshold, model=self.model_id)
-        return score_frames(path, frames, self.detector, self.threshold, with_maps=False, model_id=self.model_id)
+        self.engine = ScanEngine(load_detector(model), threshold=float(threshold), max_frames=int(max_frames),
+                                 model_id=model_id, keys=True, workers=1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = []
-        for path, local in zip(batch["path"], batch["abs_path"]):
-            res = self.score_one(str(local))
-            res.path = str(path)
-            rows.append(json.dumps(res.to_dict(), default=str))
-        return {"path": np.asarray(batch["path"], dtype=object), "content_hash": np.asarray(batch["content_hash"],
-                dtype=object), "result": np.asarray(rows, dtype=object)}
+        inputs = [ScanInput(Path(str(local)), name=str(path)) for path, local in zip(batch["path"], batch["abs_path"])]
+        rows = [json.dumps({**res.to_dict(), "content_hash": res.content_hash}, default=str)
+                for res in self.engine.scan(inputs)]
+        return {"path": np.asarray(batch["path"], dtype=object), "result": np.asarray(rows, dtype=object)}
 
 
 def result_from_row(row: dict[str, Any]) -> ScanResult:
@@ -68,7 +53,7 @@ def result_from_row(row: dict[str, Any]) -> ScanResult:
     d = json.loads(row["result"])
     fields = {k: d.get(k) for k in ("path", "modality", "score", "threshold", "verdict", "error", "model")}
     return ScanResult(**fields, frames=list(d.get("frames") or []), meta=dict(d.get("meta") or {}),
-                      content_hash=str(row["content_hash"]))
+                      content_hash=d.get("content_hash"))
 
 
 def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
@@ -86,9 +71,9 @@ def ensure_ray(address: str | None = None, *, num_cpus: int | None = None) -> No
 class RayScan:
     """Iterate over :class:`ScanResult` for every file under ``paths``, scored on Ray workers.
 
-    Same contract as :class:`medforensics.batch.BatchScan` (store dedup, resume, ``force``,
-    :attr:`summary` with images/s); results answered from the store come first, then the scored ones
-    in input order.
+    Same contract as :meth:`medforensics.engine.ScanEngine.scan` with a store (de-duplication,
+    resume, ``force``, :attr:`summary` with images/s); inputs that fail before reading (a missing
+    path) come first, then the rest in input order.
     """
 
     def __init__(self, paths: Iterable[str | Path], model: str, *, detector: Any = None, store: Any = None,
@@ -96,7 +81,7 @@ class RayScan:
                  address: str | None = None, num_gpus: float = 0.0, workers: int = 1, batch_size: int = 8,
                  num_cpus_per_worker: float = 1.0):
         from ..detectors import load_detector
-        from ..store import model_fingerprint
+        from ..engine import model_fingerprint
 
         self.paths = list(paths)
         self.model = str(Path(model).resolve()) if Path(model).exists() else str(model)  # workers' cwd differs
@@ -104,7 +89,6 @@ class RayScan:
         self.store = store
         self.threshold = self.detector.threshold if threshold is None else float(threshold)
         self.max_frames = max_frames
-        self.force = force
         self.resume = resume
         self.address = address
         self.num_gpus = float(num_gpus)
@@ -112,8 +96,9 @@ class RayScan:
         self.batch_size = max(1, int(batch_size))
         self.num_cpus_per_worker = num_cpus_per_worker
         self.model_id = model_fingerprint(self.detector)
+        self.rule = StoreRule(store, self.detector, self.model_id, force=force, source="ray") if store is not None else None
         self.args = run_args(self.paths, self.model_id, threshold=self.threshold, max_frames=max_frames, engine="ray")
-        self.summary = BatchSummary()
+        self.summary = RunSummary()
 
     def _open_run(self) -> str | None:
         if self.store is None:
@@ -124,56 +109,29 @@ class RayScan:
             return run_id
         return self.store.start_run("scan", self.args)
 
-    def _count(self, res: ScanResult) -> None:
-        s = self.summary
-        s.n_files += 1
-        s.n_ok += res.ok
-        s.n_error += not res.ok
-        s.n_cached += res.cached
-
-    def _pending(self) -> Iterator[ScanResult | tuple[str, str, Any]]:
-        """Driver pass: errors and store hits as results, the rest as ``(path, hash, previous)`` to score."""
-        from ..store import content_hash
-
-        det = self.detector
-        for item in iter_paths(self.paths):
-            if isinstance(item, UnreadableImageError):
-                yield ScanResult(path=item.path, error=item.reason, threshold=self.threshold, model=self.model_id)
-                continue
-            try:
-                digest = content_hash(item)
-            except OSError as err:
-                yield ScanResult(path=str(item), error=f"cannot read file: {err.strerror or err}",
-                                 threshold=self.threshold, model=self.model_id)
-                continue
-            prev = None
-            if self.store is not None and not self.force:
-                prev = self.store.find(content_hash=digest, detector=det.name, detector_version=det.version,
-                                       model_id=self.model_id)
-            if prev is not None and prev.ok:
-                res = prev.to_result(path=str(item), threshold=self.threshold)
-                res.content_hash, res.scan_id, res.cached = digest, prev.id, True
-                yield res
-            else:
-                yield (str(item), digest, prev)
+    def _answer(self, res: ScanResult, run_id: str | None) -> tuple[ScanResult, bool]:
+        """The store rule for one scored row: (the result to report, whether it counts as freshly scored)."""
+        if self.rule is None:
+            return res, True
+        previous = self.rule.lookup(res.content_hash)
+        if self.rule.answers(previous):
+            return self.rule.cached_result(previous, res.path, self.threshold, res.content_hash), False
+        return self.rule.record(res, res.content_hash, previous, run_id=run_id), True
 
     def __iter__(self) -> Iterator[ScanResult]:
         import ray
 
-        s = self.summary = BatchSummary()
+        s = self.summary = RunSummary()
         s.run_id = self._open_run()
         start = time.perf_counter()
         todo: list[dict[str, str]] = []
-        previous: dict[str, Any] = {}
-        for item in self._pending():
-            if isinstance(item, ScanResult):
-                self._count(item)
-                yield item
+        for inp in expand_inputs(self.paths):
+            if inp.error is not None:
+                res = ScanResult(path=inp.reported, error=inp.error, threshold=self.threshold, model=self.model_id)
+                s.count(res, scored=False)
+                yield res
             else:
-                path, digest, prev = item
-                todo.append({"path": path, "abs_path": str(Path(path).resolve()), "content_hash": digest})
-                if prev is not None:
-                    previous[path] = prev
+                todo.append({"path": inp.reported, "abs_path": str(Path(inp.path).resolve())})
         if todo:
             ensure_ray(self.address)
             ctx = ray.data.DataContext.get_current()
@@ -188,18 +146,8 @@ class RayScan:
                 num_gpus=self.num_gpus, num_cpus=self.num_cpus_per_worker,
             )
             for row in ds.iter_rows():
-                res = result_from_row(row)
-                s.n_scored += 1
-                prev = previous.get(res.path)
-                if self.store is not None:
-                    if prev is not None and not res.ok:  # failed again: the stored error answers it
-                        res.scan_id, res.cached = prev.id, True
-                    else:
-                        rec = self.store.add(res, content_hash=res.content_hash, detector=self.detector.name,
-                                             detector_version=self.detector.version, source="ray",
-                                             run_id=s.run_id, model_id=self.model_id)
-                        res.scan_id = rec.id
-                self._count(res)
+                res, scored = self._answer(result_from_row(row), s.run_id)
+                s.count(res, scored)
                 yield res
         s.finish(time.perf_counter() - start)
         if self.store is not None and s.run_id:

@@ -35,9 +35,8 @@ from PIL import Image
 
 from ..data import Manifest, ManifestRow, patient_split
 from ..detectors import Detector
-from ..io import UnreadableImageError, load, load_frames, standardise
-from ..scan import score_frames
-from ..store.hashing import model_fingerprint
+from ..io import load, standardise
+from ..engine import ScanEngine, model_fingerprint
 
 log = logging.getLogger("medforensics.reader_study")
 
@@ -205,6 +204,7 @@ class ReaderStudy:
         alloc = allocate_pairs(capacity, n // 2, rng)
         tau = float(detector.threshold)
         model_id = detector_name or model_fingerprint(detector)
+        engine = ScanEngine(detector, threshold=tau, max_frames=max_frames, model_id=model_id, workers=0)
         images: list[StudyImage] = []
         done = 0
         for mod in sorted(alloc):
@@ -216,12 +216,7 @@ class ReaderStudy:
                     if got == need:
                         break
                     path = candidates[k].resolve(manifest.root)
-                    try:
-                        frames = load_frames(path, max_frames=max_frames)
-                    except UnreadableImageError as err:
-                        log.warning("skipping an unreadable %s image: %s", label, err.reason)
-                        continue
-                    res = score_frames(str(path), frames, detector, tau, with_maps=False, model_id=model_id)
+                    (res,) = engine.scan([path])
                     if not res.ok:
                         log.warning("skipping an image the detector could not score: %s", res.error)
                         continue

@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from medforensics.batch import BatchScan
 from medforensics.cli import app
 from medforensics.detectors import create_detector, load_detector
-from medforensics.store import ResultStore, content_hash
+from medforensics.engine import ScanEngine, content_key
+from medforensics.store import ResultStore
 
 N_IMAGES = 12
 
@@ -51,11 +51,14 @@ def test_store_dedup_force_and_error_retry(model_dir, images, tmp_path):
     (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     det = load_detector(model_dir)
     store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
-    first = list(BatchScan([images], det, store=store))
-    assert len(first) == N_IMAGES + 1 and store.count() == N_IMAGES + 1 and store.count(verdict="error") == 1
-    assert all(r.scan_id and r.content_hash == content_hash(r.path) and not r.cached for r in first)
-    again_batch = BatchScan([images], det, store=store)
-    again = list(again_batch)
+    first = _scan([images], det, store=store)
+    assert len(first) == N_IMAGES + 1
+    assert store.count() == N_IMAGES + 1
+    assert store.count(verdict="error") == 1
+    assert all(r.scan_id and r.content_hash == content_key(r.path) and not r.cached for r in first)
+    again_batch = ScanEngine(det, store=store, workers=1)
+    again = list(again_batch.scan([images]))
+    again_batch.close()
     # everything answered from the store: same scores, no new rows (the broken file is retried, not duplicated)
     assert [r.score for r in again] == [r.score for r in first] and store.count() == N_IMAGES + 1
     assert all(r.cached for r in again) and again_batch.summary.n_cached == N_IMAGES + 1
@@ -63,30 +66,37 @@ def test_store_dedup_force_and_error_retry(model_dir, images, tmp_path):
     # the same content elsewhere is also answered from the store
     copy = tmp_path / "copy.png"
     copy.write_bytes(next(images.rglob("im00.png")).read_bytes())
-    (hit,) = list(BatchScan([copy], det, store=store))
+    (hit,) = _scan([copy], det, store=store)
     assert hit.cached and hit.path == str(copy) and store.count() == N_IMAGES + 1
-    forced = list(BatchScan([images], det, store=store, force=True))
+    forced = _scan([images], det, store=store, force=True)
     assert [r.score for r in forced] == [r.score for r in first] and store.count() == 2 * (N_IMAGES + 1)
     # a different model (other weights) is never answered with this one's scores
     other = create_detector("forensic_cnn", seed=1, width=8, patch_size=64, patch_stride=64, progress=False)
-    assert not any(r.cached for r in BatchScan([images], other, store=store))
+    assert not any(r.cached for r in _scan([images], other, store=store))
     store.close()
 
 
-def test_streaming_without_store_matches_plain_scan(model_dir, images):
-    from medforensics.scan import scan_paths
+def _scan(paths, det, **kw):
+    with ScanEngine(det, workers=kw.pop("workers", 1), **kw) as engine:
+        return list(engine.scan(paths))
 
+
+def test_streaming_without_store_matches_one_at_a_time(model_dir, images):
     det = load_detector(model_dir)
-    batch = BatchScan([images], det)
-    got = [(r.path, r.score) for r in batch]
-    assert got == [(r.path, r.score) for r in scan_paths([images], det, with_maps=False)]
-    assert batch.summary.n_scored == N_IMAGES and batch.summary.images_per_s > 0
+    with ScanEngine(det, workers=1, batch_size=5) as engine:
+        got = [(r.path, r.score) for r in engine.scan([images])]
+        summary = engine.summary
+    alone = [(r.path, r.score) for r in _scan([images], det, workers=0, batch_size=1)]
+    assert [p for p, _ in got] == [p for p, _ in alone]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in alone], rtol=0, atol=1e-6)
+    assert summary.n_scored == N_IMAGES
+    assert summary.images_per_s > 0
 
 
 SLOW_SCAN = textwrap.dedent("""
     import sys, time
-    from medforensics.batch import BatchScan
     from medforensics.detectors import load_detector
+    from medforensics.engine import ScanEngine, run_args
     from medforensics.store import ResultStore
 
     model_dir, folder, url = sys.argv[1:4]
@@ -96,7 +106,9 @@ SLOW_SCAN = textwrap.dedent("""
         time.sleep(0.4)
         return score(batch)
     det._score_arrays = slow
-    for res in BatchScan([folder], det, store=ResultStore(url)):
+    engine = ScanEngine(det, store=ResultStore(url), workers=1, batch_size=1)
+    args = run_args([folder], engine.model_id, threshold=det.threshold, max_frames=16)
+    for res in engine.scan([folder], run_args=args):
         print(res.path, flush=True)
 """)
 
