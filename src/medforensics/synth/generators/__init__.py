@@ -39,7 +39,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     "vae": {"width": 8, "latent_dim": 8},
 }
 
-#: CPU-friendly configurations at 64 px (used by ``bench/generators_timing.py``): a few tenths of a
+#: CPU-friendly configurations at 64 px (used by ``bench/timing/generators_timing.py``): a few tenths of a
 #: second to a second per step of 16 images on one CPU thread.
 CPU_CONFIGS: dict[str, dict[str, Any]] = {
     "diffusion": {"base_width": 16},
