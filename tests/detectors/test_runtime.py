@@ -173,3 +173,29 @@ def test_optimise_refuses_no_images(tmp_path):
     _det().save(tmp_path / "m")
     with pytest.raises(ValueError, match="at least one real image"):
         optimise_model_dir(tmp_path / "m", torch.zeros(0, 3, 64, 64))
+
+
+@needs_ort
+def test_cli_models_optimise_records_a_runtime(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from medforensics.cli import app
+
+    _det().save(tmp_path / "m")
+    folder = tmp_path / "reals"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(folder / f"r{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    runner = CliRunner()
+    res = runner.invoke(app, ["models", "optimise", str(tmp_path / "m"), "--images", str(folder),
+                              "--runtimes", "eager,onnx_fp32"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["runtime"]["name"] in ("eager", "onnx_fp32")
+    assert len(cfg["runtime"]["measured"]) == 2 and cfg["runtime"]["measured"][0]["parity_images"] == 4
+    assert runner.invoke(app, ["models", "optimise", str(tmp_path / "m"), "--runtimes", "tensorrt"]).exit_code == 2
+    assert runner.invoke(app, ["models", "optimise", str(tmp_path / "nothing")]).exit_code == 2
+    assert runner.invoke(app, ["models"]).exit_code == 0  # the listing still works without a sub-command

@@ -18,7 +18,7 @@ app.command("scan")(scan_cmd.scan)
 app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("demo")(demo_cmd.demo)
-app.command("models")(models_cmd.models)
+app.add_typer(models_cmd.app, name="models")
 app.add_typer(data_cmd.app, name="data")
 
 #: Optional command modules: each defines ``register(app)`` and imports heavy dependencies lazily,

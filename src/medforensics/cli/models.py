@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import typer
 from rich.table import Table
 
 from ..detectors import list_detectors
 from ..detectors.registry import PRETRAINED, pretrained_dir
-from .common import console
+from ..detectors.runtime import DEFAULT_CANDIDATES, RUNTIMES
+from .common import console, open_model
+
+app = typer.Typer(add_completion=False, help="Registered detectors and shipped models; `optimise` a model's runtime.")
+
+
+@app.callback(invoke_without_command=True)
+def _default(ctx: typer.Context) -> None:
+    """Without a sub-command: list registered detectors and shipped models."""
+    if ctx.invoked_subcommand is None:
+        models()
 
 
 def models() -> None:
@@ -30,3 +42,84 @@ def models() -> None:
         else:
             shipped.add_row(name, "(missing)", "", str(folder))
     console.print(shipped)
+
+
+@app.command("optimise")
+def optimise(
+    model_dir: Path = typer.Argument(..., help="model directory (config.json + weights.safetensors) to optimise"),
+    images: list[Path] = typer.Option(None, "--images", help="real validation images (files or folders); "
+                                      "default: real images of the shared data's manifest"),
+    n: int = typer.Option(48, "--n", min=1, help="at most this many real images (int8 calibration + parity)"),
+    runtimes: str = typer.Option(",".join(DEFAULT_CANDIDATES), "--runtimes",
+                                 help=f"comma-separated candidates among {', '.join(RUNTIMES)}"),
+    seed: int = typer.Option(0, help="seed of the image sample"),
+) -> None:
+    """Measure the inference runtimes on this machine and record the fastest that keeps parity with
+    eager PyTorch in MODEL_DIR (config.json `runtime`, + runtime.onnx); loading the model applies it."""
+    import numpy as np
+    import torch
+
+    from ..detectors.runtime import optimise_model_dir
+
+    if not (model_dir / "config.json").is_file():
+        console.print(f"[red]error:[/] {model_dir} is not a model directory (no config.json)")
+        raise typer.Exit(2)
+    names = [r.strip() for r in runtimes.split(",") if r.strip()]
+    unknown = sorted(set(names) - set(RUNTIMES))
+    if unknown:
+        console.print(f"[red]error:[/] unknown runtime(s) {', '.join(unknown)}; known: {', '.join(RUNTIMES)}")
+        raise typer.Exit(2)
+    det = open_model(str(model_dir))
+    arrays = []
+    for path, frames in _real_images(images, n, seed):
+        if isinstance(frames, Exception):
+            console.print(f"[yellow]skipped[/] {path}: {frames}")
+            continue
+        arrays.append(det.preprocessing(frames[0]))
+        if len(arrays) >= n:
+            break
+    if not arrays:
+        console.print("[red]error:[/] no readable real image to measure with (pass --images)")
+        raise typer.Exit(2)
+    try:
+        record = optimise_model_dir(model_dir, torch.from_numpy(np.stack(arrays)), candidates=names)
+    except ValueError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"runtimes measured on {len(arrays)} real images ({record['threads']} threads)")
+    for col in ("runtime", "images/s", "max |Δlogit|", "max |Δprob|", "used?"):
+        table.add_column(col)
+    for row in record["measured"]:
+        table.add_row(row["runtime"], str(row.get("images_per_s", "")),
+                      f"{row['max_abs_logit']:.2e}" if "max_abs_logit" in row else "",
+                      f"{row['max_abs_prob']:.2e}" if "max_abs_prob" in row else "",
+                      "chosen" if row["runtime"] == record["name"] else ("ok" if row.get("ok") else row.get("reason", "")))
+    console.print(table)
+    console.print(f"recorded runtime [bold]{record['name']}[/] in {model_dir / 'config.json'}")
+
+
+def _real_images(images: list[Path] | None, n: int, seed: int):
+    """(path, frames | error) for the given files/folders, or a seeded sample of the shared manifest's reals."""
+    from ..io import load
+    from ..io.walk import iter_images
+
+    if images:
+        yield from iter_images(images, max_frames=1)
+        return
+    from ..data import shared_manifest
+
+    try:
+        shared = shared_manifest()
+    except (FileNotFoundError, OSError) as err:
+        console.print(f"[red]error:[/] no --images given and the shared data is not available ({err})")
+        raise typer.Exit(2) from None
+    import numpy as np
+
+    rows = [r for r in shared if r.label == "real"]
+    rng = np.random.default_rng(seed)
+    for i in rng.permutation(len(rows))[: 2 * n]:
+        path = rows[int(i)].resolve(shared.root)
+        try:
+            yield path, [load(path)]
+        except Exception as err:  # noqa: BLE001 - one bad file never stops the command
+            yield path, err

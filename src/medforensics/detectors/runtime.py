@@ -395,7 +395,9 @@ def load_runner(record: dict[str, Any] | None, module: nn.Module, directory: str
             return compiled_runner(module)
         raise RuntimeUnavailable(f"unknown runtime {name!r}")
     except RuntimeUnavailable as exc:
-        log.warning("recorded runtime %s%s not available, using eager: %s", name, where, exc)
+        # a core install without the runtime extra is normal: say so quietly; anything else is a warning
+        level = logging.INFO if "not installed" in str(exc) else logging.WARNING
+        log.log(level, "recorded runtime %s%s not available, using eager: %s", name, where, exc)
         return None
 
 
