@@ -82,6 +82,7 @@ def make_served(tmp_path, tiny_model, tiny_detector):
     yield make
     for c in clients:
         c.close()
+        c.app.state.service.close()  # the engine's thread and decode workers
 
 
 @pytest.fixture()

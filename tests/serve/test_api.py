@@ -175,17 +175,28 @@ def test_server_paths_only_when_enabled_and_inside_allowed_roots(make_served, tm
 
 def test_request_deadline_turns_slow_items_into_errors(make_served, monkeypatch, png_bytes):
     served = make_served(request_timeout_s=0.2)
-    svc = served.app.state.service
-    real = svc.scan_file
+    det = served.app.state.service.detector
+    real = det.score_with_maps
 
     def slow(*a, **kw):
         time.sleep(0.5)
         return real(*a, **kw)
 
-    monkeypatch.setattr(svc, "scan_file", slow)
-    body = _upload(served, [("a.png", png_bytes(5)), ("b.png", png_bytes(6))]).json()
+    monkeypatch.setattr(det, "score_with_maps", slow)
+    files = [("a.png", png_bytes(5)), ("b.png", png_bytes(6))]
+    body = _upload(served, files).json()
     assert [i["status"] for i in body["items"]] == ["error", "error"]
-    assert "timed out" in body["items"][0]["error"] and "deadline" in body["items"][1]["error"]
+    assert all("timed out after 0.2 s" in i["error"] and i["scan_id"] is None for i in body["items"])
+    # the scoring went on: the results are stored when they complete, and re-sending fetches them
+    store = served.app.state.service.store
+    deadline = time.monotonic() + 30
+    while store.count(source="api") < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    monkeypatch.undo()
+    served.settings.request_timeout_s = 120.0
+    again = _upload(served, files).json()
+    assert [(i["status"], i["cached"]) for i in again["items"]] == [("ok", True), ("ok", True)], [i["error"] for i in again["items"]]
+    assert store.count(source="api") == 2
 
 
 def test_page_is_self_contained(served):

@@ -43,7 +43,7 @@ def test_large_but_valid_offsets_still_answer(served):
 
 
 def test_csv_cells_that_look_like_formulas_are_escaped(make_served, png_bytes):
-    from medforensics.serve.records import csv_safe
+    from medforensics.outputs import csv_safe
 
     assert [csv_safe(v) for v in ("=1+1", "+1", "-1", "@SUM(1)", "\tx", "\rx", "ok", "", 0.5, -0.5, None)] == \
         ["'=1+1", "'+1", "'-1", "'@SUM(1)", "'\tx", "'\rx", "ok", "", 0.5, -0.5, None]
@@ -163,3 +163,28 @@ def test_corrupt_token_file_is_a_clear_503_and_still_fails_closed(served, caplog
     path.write_text('{"tokens": {"t0": "not a digest entry"}}')
     r = served.client.get("/v1/scans", headers=served.headers)
     assert r.status_code == 503 and "has no 'sha256' digest" in r.json()["detail"]
+
+
+def _big_png(side: int) -> bytes:
+    """A ``side``² RGBA PNG of zeros: a few KB on the wire, ``side``² × 4 bytes (and float copies) decoded."""
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((side, side, 4), np.uint8), mode="RGBA").save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_upload_over_the_decode_budget_is_refused_by_name_and_the_rest_is_scored(make_served, png_bytes):
+    served = make_served(decode_budget="64M")
+    bomb = _big_png(4000)
+    assert len(bomb) < 200_000  # small upload, 64 MB of pixels before any float copy
+    body = _upload(served, [("before.png", png_bytes(11)), ("huge.png", bomb), ("after.png", png_bytes(12))]).json()
+    assert (body["n"], body["n_ok"], body["n_error"]) == (3, 2, 1)
+    before, huge, after = body["items"]
+    assert before["status"] == after["status"] == "ok"
+    assert huge["filename"] == "huge.png" and huge["status"] == "error"
+    assert "too large to decode" in huge["error"] and "4000×4000" in huge["error"]
+    assert "decode budget of 64.0 MiB" in huge["error"]
+    # the same file under the default budget (1 GiB) is decoded
+    assert make_served().settings.decode_budget is None

@@ -20,6 +20,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from .. import __version__
@@ -42,6 +43,7 @@ async def _lifespan(app: FastAPI):
         n_tokens = 0
     log.info("serving model %s (threshold %.4f), %d API token(s)", svc.model_id, svc.threshold, n_tokens)
     yield
+    await run_in_threadpool(svc.close)  # finish queued files, stop the engine and its decode workers
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,9 +1,9 @@
 """Preview images and heat-maps kept next to the store, and their window/level rendering.
 
-For each scanned file the service keeps what the detector looked at: the best-scoring frame,
-standardised exactly like the detector's preprocessing (same square crop) but at
-:data:`PREVIEW_SIZE` px, as a 16-bit grey (or 8-bit RGB) PNG, and the detector's evidence map
-as a 16-bit grey PNG. The heat-map therefore lines up with the preview pixel for pixel.
+For each scanned file the service keeps what the detector looked at: the best-scoring frame as the
+detector's preprocessing made it (its square crop and input size), shown at :data:`PREVIEW_SIZE` px,
+as a 16-bit grey (or 8-bit RGB) PNG, and the detector's evidence map of that frame as a 16-bit grey
+PNG at the same size. The heat-map therefore lines up with the preview pixel for pixel.
 
 Window/level: CT frames were mapped from Hounsfield units to [0, 1] through the CT window of
 the intensity config (default −700…2000 HU), so ``HU = lo + x (hi − lo)`` recovers HU inside that
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..io import MedImage, standardise
+from ..io import standardise
 from ..store.files import open_private, private_dir
 
 PREVIEW_SIZE = 512
@@ -68,18 +68,21 @@ def _atomic_png(img: Image.Image, path: Path) -> None:
     tmp.replace(path)
 
 
-def save_previews(frame: MedImage, heatmap: np.ndarray | None, image_path: Path, heatmap_path: Path,
-                  fit: str = "center_crop") -> Path | None:
-    """Write the preview of ``frame`` (and ``heatmap`` when given); return the heat-map path or None."""
-    view = standardise(frame.pixels, PREVIEW_SIZE, fit=fit)
-    if view.ndim == 2:
+def save_preview_arrays(chw: np.ndarray, heatmap: np.ndarray | None, image_path: Path, heatmap_path: Path) -> Path | None:
+    """Write the detector's input frame (``C×H×W`` in [0, 1], already cropped and resized by its
+    preprocessing) at :data:`PREVIEW_SIZE` px — 16-bit grey when its channels are equal, else 8-bit RGB —
+    and ``heatmap`` (any size, resized to match) when given; return the heat-map path or None."""
+    chw = np.asarray(chw, dtype=np.float32)
+    grey = chw.shape[0] == 1 or all(np.array_equal(chw[0], c) for c in chw[1:])
+    view = standardise(chw[0] if grey else np.moveaxis(chw[:3], 0, -1), PREVIEW_SIZE)
+    if grey:
         img = Image.fromarray((np.clip(view, 0, 1) * 65535 + 0.5).astype(np.uint16))
     else:
         img = Image.fromarray((np.clip(view, 0, 1) * 255 + 0.5).astype(np.uint8))
     _atomic_png(img, image_path)
     if heatmap is None:
         return None
-    hm = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0, 1)
+    hm = np.clip(np.nan_to_num(standardise(np.asarray(heatmap, dtype=np.float32), PREVIEW_SIZE)), 0, 1)
     _atomic_png(Image.fromarray((hm * 65535 + 0.5).astype(np.uint16)), heatmap_path)
     return heatmap_path
 

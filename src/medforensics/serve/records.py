@@ -6,21 +6,12 @@ import csv
 import io
 from typing import Any
 
+from ..outputs import csv_row
 from .previews import display_units
 from .service import ItemOutcome
 
 EXPORT_FIELDS = ("id", "created_at", "source", "path", "sop_instance_uid", "modality", "detector",
                  "detector_version", "model_id", "score", "threshold", "verdict", "error", "content_hash", "run_id")
-#: a spreadsheet treats a cell starting with one of these as a formula (OWASP "CSV injection")
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_safe(value: Any) -> Any:
-    """A CSV cell value that no spreadsheet runs as a formula: text starting with ``= + - @``, a tab or a
-    carriage return gets a leading ``'`` (the OWASP rule); numbers and other values are returned as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
 
 
 def record_dict(rec: Any, *, cached: bool | None = None) -> dict[str, Any]:
@@ -52,10 +43,11 @@ def item_dict(outcome: ItemOutcome, index: int, **ident: Any) -> dict[str, Any]:
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
-    """The CSV export of record dicts (:data:`EXPORT_FIELDS`, formula-like text cells escaped)."""
+    """The CSV export of record dicts (:data:`EXPORT_FIELDS`; formula-like text cells escaped by the one
+    rule of :func:`medforensics.outputs.csv_safe`)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(EXPORT_FIELDS)
     for r in rows:
-        writer.writerow([csv_safe("" if r.get(k) is None else r.get(k)) for k in EXPORT_FIELDS])
+        writer.writerow(csv_row(r.get(k) for k in EXPORT_FIELDS))
     return buf.getvalue()

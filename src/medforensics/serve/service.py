@@ -1,27 +1,36 @@
-"""The service's scanning core: one loaded model, the results store, de-duplication and previews.
+"""The service's scanning core: the scan engine behind every request, the results store and the previews.
 
-Nothing here re-implements loading or thresholding: files go through :func:`medforensics.io.load_frames`
-and :func:`medforensics.scan.score_frames`, exactly like ``medforensics scan``. Every method is
-synchronous (the app runs them in a thread pool); the model is guarded by a lock because detector
-objects are not guaranteed to be thread-safe, while decoding and hashing run in parallel.
+Requests never score anything themselves: each file is handed to :meth:`ScanEngine.submit`
+(:mod:`medforensics.engine`), whose background thread gathers the files of all concurrent requests
+into model batches, decodes them in worker processes (a crashing or hanging decoder costs one file,
+named) and applies the store's de-duplication rule (:mod:`medforensics.engine.dedup`: a stored OK
+answer is reused, a stored error is retried). Previews are written by the engine's ``on_result`` hook.
+There is no model lock: only the engine's thread runs the model.
+
+Identical uploads that arrive while the first is still being scored wait for that scoring instead of
+being scored again, so a file sent by many requests at once is stored once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import os
+import tempfile
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from ..detectors import Detector, load_detector
 from ..detectors.registry import PRETRAINED
-from ..io import UnreadableImageError, load_frames
+from ..engine import ScanEngine, ScanInput, model_fingerprint
 from ..results import ScanResult
-from ..scan import score_frames
-from .previews import preview_paths, save_previews
+from .previews import preview_paths, save_preview_arrays
 from .settings import ServeSettings
 
 log = logging.getLogger("medforensics.serve")
@@ -29,6 +38,7 @@ log = logging.getLogger("medforensics.serve")
 #: upload suffixes kept on the temporary file (readers sniff content; NIfTI also needs the name)
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff",
                    ".bmp", ".gif", ".webp", ".jp2", ".gz")
+CHUNK = 1 << 20
 
 
 def upload_suffix(filename: str | None) -> str:
@@ -48,11 +58,15 @@ class ItemOutcome:
 
 
 class ScanService:
-    """Model + store + previews; :meth:`scan_file` is the one entry point for a file on disk."""
+    """Model + engine + store + previews.
+
+    :meth:`submit_upload` / :meth:`submit_path` queue one file and return a future of its
+    :class:`~medforensics.results.ScanResult`; :meth:`outcome` turns that into the stored record;
+    :meth:`close` finishes queued files and stops the engine.
+    """
 
     def __init__(self, settings: ServeSettings, *, detector: Detector | None = None, store: Any = None):
         from ..store import ResultStore
-        from ..store.hashing import model_fingerprint
 
         self.settings = settings
         self.detector = detector if detector is not None else load_detector(settings.model)
@@ -62,7 +76,14 @@ class ScanService:
             self.model_id += f"@t={self.threshold:.6g}"
         self.store = store if store is not None else ResultStore(url=settings.db_url, store_phi=settings.store_phi)
         self.preview_dir = Path(settings.heatmap_dir).expanduser()
-        self._model_lock = threading.Lock()
+        self.engine = ScanEngine(self.detector, threshold=self.threshold, with_maps=True,
+                                 max_frames=settings.max_frames, batch_size=settings.batch_size,
+                                 workers=settings.decode_workers, store=self.store, source="api",
+                                 model_id=self.model_id, decode_timeout=settings.decode_timeout_s,
+                                 decode_budget=settings.decode_budget, on_result=self._save_previews,
+                                 cached_maps=False)  # a stored answer's previews are on disk already
+        self._inflight: dict[tuple[str, bool], Future] = {}
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ info
     def model_info(self) -> dict[str, Any]:
@@ -74,45 +95,86 @@ class ScanService:
                 "max_frames": self.settings.max_frames, "heatmaps": type(det)._anomaly_map_arrays
                 is not Detector._anomaly_map_arrays}
 
-    # ------------------------------------------------------------------ scanning
-    def find(self, content_hash: str):
-        return self.store.find(content_hash=content_hash, detector=self.detector.name,
-                               detector_version=self.detector.version, model_id=self.model_id)
-
-    def scan_file(self, path: Path, *, stored_path: str, force: bool = False,
-                  content_hash: str | None = None) -> ItemOutcome:
-        """Hash, look up, load, score, save previews and store one file; errors become outcomes."""
-        from ..store import content_hash as hash_file
-
-        h = content_hash or hash_file(path)
-        if not force:
-            found = self.find(h)
-            if found is not None:
-                return ItemOutcome("error" if found.error else "ok", found, cached=True, error=found.error)
-        det = self.detector
-        frames: list = []
+    # ------------------------------------------------------------------ previews (engine hook)
+    def _save_previews(self, result: ScanResult, decoded: Any) -> dict[str, Any]:
+        """``on_result`` hook: keep the best frame as the detector saw it, and its heat-map, as PNGs."""
+        if decoded is None or decoded.key is None or decoded.arrays is None:
+            return {}
+        best = int(np.argmax(result.frames)) if result.frames else 0
+        image_p, heat_p = preview_paths(self.preview_dir, decoded.key, self.model_id)
         try:
-            frames = load_frames(path, max_frames=self.settings.max_frames)
-        except UnreadableImageError as err:
-            result = ScanResult(path=stored_path, error=err.reason, threshold=self.threshold, model=self.model_id)
-        else:
-            with self._model_lock:
-                result = score_frames(stored_path, frames, det, self.threshold, with_maps=True,
-                                      model_id=self.model_id)
-        result.path = stored_path
-        heatmap_path = None
-        if result.ok and frames:
-            best = int(np.argmax(result.frames)) if result.frames else 0
-            image_p, heat_p = preview_paths(self.preview_dir, h, self.model_id)
-            try:
-                heatmap_path = save_previews(frames[best], result.heatmap, image_p, heat_p,
-                                             fit=det.preprocessing.fit)
-            except OSError as exc:  # previews are a convenience: never lose the score for them
-                log.warning("could not write preview (%s)", type(exc).__name__)
-        meta = dict(result.meta)
-        patient_id = meta.pop("patient_id", None)  # handed to the store, which hashes it unless store_phi
-        result.meta = meta
-        record = self.store.add(result, content_hash=h, detector=det.name, detector_version=det.version,
-                                source="api", heatmap_path=None if heatmap_path is None else str(heatmap_path),
-                                patient_id=patient_id, model_id=self.model_id)
-        return ItemOutcome("ok" if result.ok else "error", record, error=result.error)
+            heatmap = save_preview_arrays(decoded.arrays[best], result.heatmap, image_p, heat_p)
+        except OSError as exc:  # previews are a convenience: never lose the score for them
+            log.warning("could not write preview (%s)", type(exc).__name__)
+            return {}
+        return {} if heatmap is None else {"heatmap_path": str(heatmap)}
+
+    # ------------------------------------------------------------------ scanning
+    def submit_upload(self, stream: IO[bytes], filename: str | None, *, force: bool = False) -> Future:
+        """Copy an upload to a temporary file (hashing it on the way) and queue it; the file is removed when
+        the engine is done with it. The same bytes already in flight are joined, not scored again."""
+        suffix = upload_suffix(filename)
+        fd, tmp = tempfile.mkstemp(prefix="mf-upload-", suffix=suffix)
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                stream.seek(0)
+                while chunk := stream.read(CHUNK):
+                    digest.update(chunk)
+                    fh.write(chunk)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        h = digest.hexdigest()
+        display = os.path.basename(filename or "") or "upload"
+        name = display if self.settings.store_phi else f"upload:{h[:16]}{suffix}"
+        key = (h, bool(force))
+        with self._lock:
+            first = self._inflight.get(key)
+            if first is None:
+                try:
+                    fut = self.engine.submit(ScanInput(Path(tmp), name=name, force=force))
+                except BaseException:
+                    os.unlink(tmp)
+                    raise
+                self._inflight[key] = fut
+                fut.add_done_callback(lambda f: self._done(key, f, tmp))
+                return fut
+        os.unlink(tmp)  # the same bytes are being scored for another request: share that answer
+        joined: Future = Future()
+        joined.set_running_or_notify_cancel()
+        first.add_done_callback(lambda f: _relay(f, joined, name))
+        return joined
+
+    def _done(self, key: tuple[str, bool], fut: Future, tmp: str) -> None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        with self._lock:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+
+    def submit_path(self, path: Path, *, force: bool = False) -> Future:
+        """Queue a server-side file (already checked against the allowed roots)."""
+        return self.engine.submit(ScanInput(path, name=str(path), force=force))
+
+    def outcome(self, result: ScanResult) -> ItemOutcome:
+        """The stored record of an engine result (a blocking store read: call it in a worker thread)."""
+        record = self.store.get(result.scan_id) if result.scan_id else None
+        return ItemOutcome("ok" if result.ok else "error", record, cached=bool(result.cached), error=result.error)
+
+    def close(self) -> None:
+        """Finish queued files and stop the engine's thread and decode workers."""
+        self.engine.close()
+
+
+def _relay(source: Future, target: Future, name: str) -> None:
+    """Give ``target`` (a request that sent bytes already in flight) the answer of ``source``: the same
+    stored record, marked cached, under its own name."""
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception(exc)
+        return
+    res = source.result()
+    target.set_result(dataclasses.replace(res, path=name, cached=res.scan_id is not None))

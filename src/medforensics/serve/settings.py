@@ -38,11 +38,24 @@ class ServeSettings(BaseModel):
     max_upload_bytes: int = Field(64 * 1024 * 1024, ge=1)  # whole request body
     max_files: int = Field(32, ge=1)  # files (or paths) per request
     request_timeout_s: float = Field(120.0, gt=0)  # scoring deadline of one request
+    batch_size: int = Field(32, ge=1)  # frames per model batch, gathered across concurrent requests
+    decode_workers: int | None = Field(None, ge=0)  # decode processes (None → the engine's default)
+    decode_timeout_s: float = Field(60.0, gt=0)  # a decoder stuck longer on one file is killed
     allow_server_paths: bool = False
     allowed_roots: list[Path] = Field(default_factory=list)
     cors_origins: list[str] = Field(default_factory=list)  # empty → no CORS headers at all
     heatmap_dir: Path = Field(default_factory=lambda: default_home() / "previews")
     export_limit: int = Field(10_000, ge=1)  # most rows of one CSV/JSON export
+    # bytes one decode may hold (e.g. "512M"; None → medforensics.io's budget, 1 GiB unless
+    # MEDFORENSICS_DECODE_BUDGET says otherwise): a larger image is refused before any pixel is allocated
+    decode_budget: int | None = None
+
+    @field_validator("decode_budget", mode="before")
+    @classmethod
+    def _bytes(cls, value: Any) -> Any:
+        from ..io.budget import parse_bytes
+
+        return None if value is None or value == "" else parse_bytes(value)
 
     @field_validator("allowed_roots", mode="after")
     @classmethod

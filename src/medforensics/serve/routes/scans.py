@@ -1,15 +1,17 @@
 """``POST /v1/scans``: scan uploaded files (multipart) or server-side paths (JSON, when enabled).
 
-Every input becomes one item of the answer, in order; one bad file never fails the request.
+Every input becomes one item of the answer, in order; one bad file never fails the request. The files
+go to the scan engine, which batches them with those of concurrent requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import tempfile
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,13 +21,11 @@ from starlette.datastructures import UploadFile
 
 from ..deps import get_service, get_settings, require_token
 from ..records import item_dict
-from ..service import ItemOutcome, ScanService, upload_suffix
+from ..service import ItemOutcome, ScanService
 from ..settings import ServeSettings
 
 log = logging.getLogger("medforensics.serve")
 router = APIRouter(prefix="/v1", tags=["scans"], dependencies=[Depends(require_token)])
-
-Job = tuple[dict[str, Any], Callable[[], ItemOutcome]]
 
 SCAN_BODY_DOC = {
     "requestBody": {
@@ -41,54 +41,49 @@ SCAN_BODY_DOC = {
 }
 
 
-async def run_items(jobs: list[Job], timeout_s: float) -> list[dict[str, Any]]:
-    """Run ``(ident, thunk)`` jobs in the thread pool, one after the other, under the request deadline."""
-    deadline = time.monotonic() + timeout_s
-    items = []
-    for index, (ident, thunk) in enumerate(jobs):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            items.append({"index": index, **ident, "status": "error", "scan_id": None, "cached": False,
-                          "error": f"not scanned: the request deadline of {timeout_s:g} s passed"})
-            continue
+Submit = Callable[[], "Future | ItemOutcome"]
+
+
+def _submit_all(jobs: list[Submit]) -> list[Future | ItemOutcome]:
+    """Queue every file of a request (copying uploads to disk): blocking, run in a worker thread."""
+    out: list[Future | ItemOutcome] = []
+    for submit in jobs:
         try:
-            outcome = await asyncio.wait_for(run_in_threadpool(thunk), timeout=left)
-        except asyncio.TimeoutError:
-            outcome = ItemOutcome("error", error=f"timed out after {timeout_s:g} s "
-                                  "(the result is stored when it completes; re-send to fetch it)")
+            out.append(submit())
         except Exception as exc:  # one bad item never fails the request
             log.error("item failed: %s", type(exc).__name__)
-            outcome = ItemOutcome("error", error=f"internal error: {type(exc).__name__}")
-        items.append(item_dict(outcome, index, **ident))
-    return items
+            out.append(ItemOutcome("error", error=f"internal error: {type(exc).__name__}"))
+    return out
 
 
-def upload_job(upload: UploadFile, svc: ScanService, settings: ServeSettings, force: bool) -> Job:
-    """Copy one upload to a temporary file (keeping its recognised suffix), scan it, remove the file."""
-    suffix = upload_suffix(upload.filename)
-    display = os.path.basename(upload.filename or "") or "upload"
+async def run_items(idents: list[dict[str, Any]], jobs: list[Submit], svc: ScanService,
+                    timeout_s: float) -> list[dict[str, Any]]:
+    """Queue all of a request's files on the engine at once (so they share model batches with each other
+    and with concurrent requests), then wait for each under the request deadline."""
+    deadline = time.monotonic() + timeout_s
+    queued = await run_in_threadpool(_submit_all, jobs)
 
-    def job() -> ItemOutcome:
-        fd, tmp = tempfile.mkstemp(prefix="mf-upload-", suffix=suffix)
+    async def settle(job: Future | ItemOutcome) -> ItemOutcome:
+        if isinstance(job, ItemOutcome):
+            return job
         try:
-            with os.fdopen(fd, "wb") as fh:
-                upload.file.seek(0)
-                while chunk := upload.file.read(1 << 20):
-                    fh.write(chunk)
-            from ...store import content_hash
+            left = max(0.0, deadline - time.monotonic())
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), timeout=left)
+            return await run_in_threadpool(svc.outcome, result)
+        except asyncio.TimeoutError:
+            return ItemOutcome("error", error=f"timed out after {timeout_s:g} s "
+                               "(the result is stored when it completes; re-send to fetch it)")
+        except Exception as exc:
+            log.error("item failed: %s", type(exc).__name__)
+            return ItemOutcome("error", error=f"internal error: {type(exc).__name__}")
 
-            h = content_hash(tmp)
-            stored = display if settings.store_phi else f"upload:{h[:16]}{suffix}"
-            return svc.scan_file(Path(tmp), stored_path=stored, force=force, content_hash=h)
-        finally:
-            os.unlink(tmp)
-
-    return {"filename": display}, job
+    outcomes = await asyncio.gather(*(settle(job) for job in queued))
+    return [item_dict(outcome, index, **ident) for index, (ident, outcome) in enumerate(zip(idents, outcomes))]
 
 
-def path_job(raw: str, svc: ScanService, settings: ServeSettings, force: bool) -> Job:
-    """Scan one server-side file, if it is absolute and inside the allowed roots."""
-    def job() -> ItemOutcome:
+def path_job(raw: str, svc: ScanService, settings: ServeSettings, force: bool) -> Submit:
+    """Queue one server-side file, if it is absolute and inside the allowed roots."""
+    def submit() -> Future | ItemOutcome:
         p = Path(raw).expanduser()
         if not p.is_absolute():
             return ItemOutcome("error", error="server paths must be absolute")
@@ -96,9 +91,9 @@ def path_job(raw: str, svc: ScanService, settings: ServeSettings, force: bool) -
             return ItemOutcome("error", error="path is outside the allowed roots")
         if not p.is_file():
             return ItemOutcome("error", error="not a file on the server")
-        return svc.scan_file(p.resolve(), stored_path=str(p.resolve()), force=force)
+        return svc.submit_path(p.resolve(), force=force)
 
-    return {"path": raw}, job
+    return submit
 
 
 async def _upload_items(request: Request, svc: ScanService, settings: ServeSettings, force: bool) -> list[dict]:
@@ -114,7 +109,9 @@ async def _upload_items(request: Request, svc: ScanService, settings: ServeSetti
             raise HTTPException(422, "no files in the upload (use the multipart field 'files')")
         if len(uploads) > settings.max_files:
             raise HTTPException(413, f"at most {settings.max_files} files per request, got {len(uploads)}")
-        return await run_items([upload_job(u, svc, settings, force) for u in uploads], settings.request_timeout_s)
+        idents = [{"filename": os.path.basename(u.filename or "") or "upload"} for u in uploads]
+        jobs = [functools.partial(svc.submit_upload, u.file, u.filename, force=force) for u in uploads]
+        return await run_items(idents, jobs, svc, settings.request_timeout_s)
     finally:
         await form.close()
 
@@ -132,7 +129,8 @@ async def _path_items(request: Request, svc: ScanService, settings: ServeSetting
     if len(paths) > settings.max_files:
         raise HTTPException(413, f"at most {settings.max_files} paths per request, got {len(paths)}")
     force = force or bool(body.get("force"))
-    return await run_items([path_job(p, svc, settings, force) for p in paths], settings.request_timeout_s)
+    return await run_items([{"path": p} for p in paths], [path_job(p, svc, settings, force) for p in paths], svc,
+                           settings.request_timeout_s)
 
 
 @router.post("/scans", openapi_extra=SCAN_BODY_DOC)
