@@ -230,3 +230,24 @@ def test_api_docs_page_works_offline(served):
     assert "https://" not in page.text and "/docs-assets/swagger-ui-bundle.js" in page.text
     js = served.client.get("/docs-assets/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
+
+
+def test_a_stored_error_is_retried_and_a_repeated_failure_adds_no_row(served, png_bytes, corrupt_png):
+    from medforensics.results import ScanResult
+    from medforensics.store import content_hash
+
+    svc = served.app.state.service
+    good = png_bytes(21)
+    # an earlier attempt at this file failed (e.g. the store was full, a decoder crashed)
+    failed = svc.store.add(ScanResult(path="upload:x.png", error="decoder crashed (worker exited with signal SIGKILL)",
+                                      threshold=svc.threshold, model=svc.model_id),
+                           content_hash=content_hash(good), detector=svc.detector.name,
+                           detector_version=svc.detector.version, source="api", model_id=svc.model_id)
+    first = _upload(served, [("good.png", good), ("broken.png", corrupt_png)]).json()["items"]
+    assert first[0]["status"] == "ok" and first[0]["cached"] is False and first[0]["scan_id"] != failed.id
+    assert first[1]["status"] == "error" and first[1]["cached"] is False
+    assert svc.store.count(source="api") == 3
+    # the corrupt file fails again: its stored error answers, no second row
+    again = _upload(served, [("broken.png", corrupt_png)]).json()["items"][0]
+    assert again["status"] == "error" and again["scan_id"] == first[1]["scan_id"] and again["cached"] is True
+    assert svc.store.count(source="api") == 3
