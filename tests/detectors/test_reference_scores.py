@@ -40,7 +40,10 @@ ATOL_UNCHANGED = 1e-5
 #: The default model (forensic_cnn): its scoring may move by a small, stated amount when its
 #: scoring path is re-implemented (e.g. one fully convolutional pass instead of patch crops).
 #: Set by whoever changes that path, with the reason, in the commit that changes it.
-ATOL_DEFAULT = 1e-5
+#: The reference was written with per-patch scoring; scoring is now one convolutional pass, which moves
+#: the shipped model's scores by up to CONV_GRID_TOLERANCE (0.3, measured on 184 manifest images, max 0.288;
+#: on these inputs score max 0.10, map mean/max up to 0.17; see forensic_cnn/model.py).
+ATOL_DEFAULT = 0.3
 ATOL = {"default": ATOL_DEFAULT, "btd-ct": ATOL_UNCHANGED, "btd-mri": ATOL_UNCHANGED}
 
 
