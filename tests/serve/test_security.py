@@ -188,3 +188,15 @@ def test_upload_over_the_decode_budget_is_refused_by_name_and_the_rest_is_scored
     assert "decode budget of 64.0 MiB" in huge["error"]
     # the same file under the default budget (1 GiB) is decoded
     assert make_served().settings.decode_budget is None
+
+
+def test_serve_refuses_to_start_on_a_corrupt_token_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from medforensics.cli import app
+
+    path = tmp_path / "tokens.json"
+    path.write_text("{not json")
+    res = CliRunner().invoke(app, ["serve", "--tokens-file", str(path)])
+    said = " ".join(res.output.split())  # the console wraps long lines
+    assert res.exit_code == 2 and "is not valid JSON" in said and "Traceback" not in said

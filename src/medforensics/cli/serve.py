@@ -55,7 +55,12 @@ def serve(
     if not settings.auth and settings.host not in LOOPBACK:
         console.print("[red]error:[/] --no-auth is only allowed on a loopback host")
         raise typer.Exit(2)
-    if settings.auth and len(tokens) == 0:
+    try:
+        n_tokens = len(tokens) if settings.auth else 0
+    except ValueError as err:  # a tokens file that is not valid JSON or has the wrong shape
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    if settings.auth and n_tokens == 0:
         console.print(f"[red]error:[/] no API tokens in {settings.tokens_file}; create one with "
                       "`medforensics serve --create-token NAME`")
         raise typer.Exit(2)
