@@ -297,6 +297,28 @@ def test_acknowledged_instances_survive_a_crash_and_are_scored_once(detector, tm
     store.close()
 
 
+def test_copies_of_one_instance_in_progress_together_are_one_row(detector, tmp_path):
+    """Same SOP Instance UID at once (a re-send, another syntax): the second waits for the first's row."""
+    import struct
+
+    from medforensics.dicomnet.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    for i in range(3):
+        f = _ct(tmp_path, f"1.2.826.0.1.3680043.8.498.13{i}")
+        raw, meta = f.read_bytes(), pydicom.dcmread(f).file_meta
+        (group_length,) = struct.unpack("<I", raw[140:144])
+        for _ in range(4):  # all twelve are handed to the engine at once on start
+            spool.write(meta, raw[144 + group_length:])
+    store = ResultStore(f"sqlite:///{tmp_path / 'rx.db'}")
+    with DicomReceiver(detector, store, max_frames=1, spool_dir=spool.folder) as rx:
+        rx.start("127.0.0.1", 0)
+        assert rx.wait_idle(120)
+        assert rx.stats.resumed == 12 and rx.stats.scored == 3 and rx.stats.cached == 9
+    assert store.count() == 3
+    store.close()
+
+
 # ---------------------------------------------------------------------------------------------- one key
 def test_one_instance_is_one_row_whatever_the_transfer_syntax_or_entry_point(detector, tmp_path):
     from medforensics.engine import ScanEngine, content_key
@@ -308,8 +330,8 @@ def test_one_instance_is_one_row_whatever_the_transfer_syntax_or_entry_point(det
     store = ResultStore(f"sqlite:///{tmp_path / 'rx.db'}")
     with DicomReceiver(detector, store, max_frames=1, spool_dir=tmp_path / "spool") as rx:
         rx.start("127.0.0.1", 0)
+        # back to back, without waiting for the first to be scored: the second must still find the first's row
         assert _send(rx.port, pydicom.dcmread(explicit))[0].Status == 0
-        assert rx.wait_idle(60)
         assert _send(rx.port, pydicom.dcmread(rle), syntaxes=(RLELossless,))[0].Status == 0
         assert _send(rx.port, pydicom.dcmread(implicit), syntaxes=(ImplicitVRLittleEndian,))[0].Status == 0
         if STORESCU:  # dcmtk sends the file in its own transfer syntax

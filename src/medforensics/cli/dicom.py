@@ -43,7 +43,7 @@ def dicom_listen(
     decode_budget_mb: int = typer.Option(4096, "--decode-budget-mb", min=1,
                                          help="Memory (MiB) all decodes in progress may need together; an "
                                               "instance needing more is refused."),
-    max_decodes: int = typer.Option(2, "--max-decodes", min=1, help="Decodes in progress at once."),
+    max_decodes: int = typer.Option(2, "--max-decodes", min=1, help="Decodes at once (decode worker processes)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every instance (UIDs only, no PHI)."),
 ) -> None:
     """Receive DICOM images (C-STORE, C-ECHO), scan each, record results; Ctrl-C stops."""

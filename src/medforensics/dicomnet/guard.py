@@ -8,9 +8,9 @@
   decoded × rows × columns × samples × :data:`BYTES_PER_SAMPLE` (measured with ``tracemalloc`` on
   ``medforensics.io.load_frames``: 22 bytes per sample for 8-bit grey/RGB, 32 for 16-bit CT with a
   rescale — file bytes, decoded array, float64 rescale, float32 normalisation).
-- :class:`DecodeBudget` holds the receiver's global memory and concurrency budget: an instance waits
-  until its estimated cost fits next to the decodes in progress; one that cannot fit even alone is
-  refused with a named error before anything is allocated.
+- :class:`DecodeBudget` holds the receiver's global memory budget: an instance waits until its
+  estimated cost fits next to the instances in progress (and a slot is free); one that cannot fit
+  even alone is refused with a named error before anything is allocated.
 - :class:`PeerGate` admits a TCP connection (before any association thread exists) only from allowed
   addresses and while that peer holds fewer than ``max_per_peer`` connections, so a few idle sockets
   cannot occupy every association slot.

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from collections import deque
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,9 +111,10 @@ class DicomReceiver:
     ``on_result(record)`` is called (from a scan-engine thread) after each newly stored result.
     ``forward`` selects what goes to the webhook: ``"flagged"`` (verdict fake) or ``"all"``.
     ``spool_dir`` holds received instances until their result is stored (default: a folder under
-    ``~/.medforensics``); ``decode_budget`` (bytes) and ``max_decodes`` bound the memory and number
-    of decodes in progress; ``engine_workers`` is the scan engine's decode processes (default
-    ``max_decodes``).
+    ``~/.medforensics``). ``max_decodes`` is the number of decodes at once (the scan engine's decode
+    processes); ``decode_budget`` (bytes) bounds the summed estimated decode cost of the instances
+    handed to the engine and not yet finished (at most ``max_in_flight``, default two batches), so
+    it holds whichever of them are decoding.
     """
 
     def __init__(self, detector: Detector, store: Any, *, ae_title: str = DEFAULT_AE_TITLE,
@@ -123,7 +125,7 @@ class DicomReceiver:
                  network_timeout: float = 60.0, dimse_timeout: float = 60.0,
                  spool_dir: str | Path | None = None, keep_spooled: bool = False,
                  decode_budget: int = DEFAULT_DECODE_BUDGET, max_decodes: int = DEFAULT_CONCURRENT_DECODES,
-                 engine_workers: int | None = None, batch_size: int = 16,
+                 batch_size: int = 16, max_in_flight: int | None = None,
                  on_result: Callable[[Any], None] | None = None):
         from ..engine import model_fingerprint
 
@@ -144,8 +146,10 @@ class DicomReceiver:
         self.timeouts = {"acse": float(acse_timeout), "network": float(network_timeout),
                          "dimse": float(dimse_timeout)}
         self.gate = PeerGate(allowed_peers, max_per_peer)
-        self.budget = DecodeBudget(decode_budget, max_decodes)
-        self.engine_workers = max_decodes if engine_workers is None else engine_workers
+        if max_decodes <= 0:
+            raise ValueError(f"max_decodes must be positive, got {max_decodes}")
+        self.engine_workers = int(max_decodes)
+        self.budget = DecodeBudget(decode_budget, max_in_flight or max(2 * batch_size, self.engine_workers))
         self.batch_size = batch_size
         self.spool = Spool(spool_dir if spool_dir is not None else Path(DEFAULT_SPOOL) / ae_title)
         self.keep_dir = self.spool.folder / "done" if keep_spooled else None
@@ -165,6 +169,8 @@ class DicomReceiver:
         self._queue: queue.Queue = queue.Queue()
         self._dispatcher: threading.Thread | None = None
         self._in_flight = 0  # handed to the dispatcher and not finished
+        self._same_uid: dict[str, deque] = {}  # SOP Instance UID in progress → instances waiting behind it
+        self._uid_lock = threading.Lock()
         self._idle = threading.Condition()
         self._stopping = threading.Event()
 
@@ -380,7 +386,7 @@ class DicomReceiver:
     def _enqueue(self, path: Path, cost: int | None) -> None:
         with self._idle:
             self._in_flight += 1
-        self._queue.put((path, cost))
+        self._queue.put((path, cost, False))
 
     def _finished_one(self) -> None:
         with self._idle:
@@ -388,16 +394,24 @@ class DicomReceiver:
             self._idle.notify_all()
 
     def _dispatch(self) -> None:
-        """Hand spooled instances to the engine, oldest first, each once its decode fits the budget."""
+        """Hand spooled instances to the engine, oldest first, each once its decode fits the budget.
+
+        Instances with the same SOP Instance UID (a re-send, another transfer syntax) go one after the
+        other: the second is looked up only once the first's row exists, so it is answered, not added.
+        """
         from ..engine import ScanInput
 
         while True:
             item = self._queue.get()
             if item is None or self._stopping.is_set():
                 return
-            path, cost = item
+            path, cost, owns_uid = item
+            uid = None
             try:
                 inst = self.spool.describe(path)
+                if not owns_uid and not self._claim_uid(inst.sop_instance_uid, path, cost):
+                    continue  # waits for the instance with the same UID in progress
+                uid = inst.sop_instance_uid
                 if cost is None:
                     cost = _file_cost(path, inst.transfer_syntax_uid, self.max_frames, self.budget.total_bytes)
                 while not self.budget.acquire(cost, timeout=0.5):
@@ -409,12 +423,14 @@ class DicomReceiver:
                           self.spool.folder / "refused")
                 self.stats.add(refused=1, errors=1)
                 self.spool.remove(path, keep_in=self.spool.folder / "refused")
+                self._release_uid(uid)
                 self._finished_one()
                 continue
             except Exception as err:
                 log.error("cannot read spooled file %s: %s", path.name, err)
                 self.stats.add(failed=1)
                 self.spool.remove(path, keep_in=self.spool.folder / "unreadable")
+                self._release_uid(uid)
                 self._finished_one()
                 continue
             try:
@@ -423,9 +439,33 @@ class DicomReceiver:
                 log.error("cannot queue %s: %s", inst.sop_instance_uid, err)
                 self.budget.release(cost)
                 self.stats.add(failed=1)
+                self._release_uid(uid)
                 self._finished_one()
                 continue
             future.add_done_callback(lambda fut, inst=inst, cost=cost: self._done(inst, cost, fut))
+
+    def _claim_uid(self, uid: str, path: Path, cost: int | None) -> bool:
+        """True when no instance with this SOP Instance UID is in progress (it is now); else queue it behind."""
+        if not uid:
+            return True
+        with self._uid_lock:
+            waiting = self._same_uid.get(uid)
+            if waiting is None:
+                self._same_uid[uid] = deque()
+                return True
+            waiting.append((path, cost))
+            return False
+
+    def _release_uid(self, uid: str | None) -> None:
+        """The instance with this UID is finished: the next one with it (if any) goes to the dispatcher."""
+        if not uid:
+            return
+        with self._uid_lock:
+            waiting = self._same_uid.get(uid)
+            if waiting:
+                self._queue.put((*waiting.popleft(), True))
+            else:
+                self._same_uid.pop(uid, None)
 
     def _done(self, inst: SpooledInstance, cost: int, future) -> None:
         """The engine finished one instance: account for it, drop it from the spool, forward it."""
@@ -461,6 +501,7 @@ class DicomReceiver:
         except Exception:
             log.exception("unexpected failure after scoring %s", inst.sop_instance_uid)
         finally:
+            self._release_uid(inst.sop_instance_uid)
             self._finished_one()
 
     def _forward(self, rec) -> None:
