@@ -263,6 +263,27 @@ def _fg_item(ds: Dataset, seq: str, index: int) -> Dataset | None:
     return None
 
 
+def slice_position(ds: Dataset, index: int) -> float | None:
+    """Position (mm) of frame ``index`` along the slice normal: ImagePositionPatient · (row × column
+    direction of ImageOrientationPatient), per-frame functional groups first; None when not given."""
+    plane = _fg_item(ds, "PlanePositionSequence", index)
+    orient = _fg_item(ds, "PlaneOrientationSequence", index)
+    ipp = (plane.get("ImagePositionPatient") if plane is not None else None) or ds.get("ImagePositionPatient")
+    iop = (orient.get("ImageOrientationPatient") if orient is not None else None) or ds.get("ImageOrientationPatient")
+    try:
+        pos = np.asarray([float(v) for v in ipp], dtype=np.float64)
+        if pos.shape != (3,) or not np.isfinite(pos).all():
+            return None
+        if iop is not None and len(iop) == 6:
+            d = np.asarray([float(v) for v in iop], dtype=np.float64)
+            normal = np.cross(d[:3], d[3:])
+            if np.isfinite(normal).all() and np.linalg.norm(normal) > 1e-6:
+                return float(pos @ (normal / np.linalg.norm(normal)))
+        return float(pos[2])  # no orientation: the patient z axis
+    except (TypeError, ValueError):
+        return None
+
+
 def _rescale(ds: Dataset, index: int) -> tuple[float, float] | None:
     src: Dataset | None = ds if ("RescaleSlope" in ds or "RescaleIntercept" in ds) else None
     src = src or _fg_item(ds, "PixelValueTransformationSequence", index)
@@ -554,7 +575,8 @@ def read_dicom(
             n_frames=n,
             original_shape=shape,
             intensity=desc,
-            extra={**base_extra, "window": list(windows[k]) if windows and windows[k] else None},
+            extra={**base_extra, "window": list(windows[k]) if windows and windows[k] else None,
+                   "slice_position": slice_position(ds, i)},
         )
         images.append(MedImage(np.ascontiguousarray(out, dtype=np.float32), meta))
     return images

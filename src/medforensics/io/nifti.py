@@ -226,6 +226,7 @@ def read_nifti(
             extra={
                 "orientation": axcodes,
                 "slice_spacing": new_zooms[2],
+                "slice_position": float(k * new_zooms[2]),  # RAS-reoriented: index order is position order
                 "volume_index": 0 if len(shape) > 3 else None,
                 "modality_guessed": modality is None,
                 "data_dtype": str(dtype),
