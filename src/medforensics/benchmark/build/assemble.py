@@ -147,9 +147,10 @@ class _Writer:
             hist = history_of(row, imported.root, opt.assumed_jpeg_quality)
             anat = anatomy_of(row)
             matched_anatomy = any(anatomies_compatible(anat, a) for a in reals_by_anat.get(row.modality, ()))
+            jpeg_history = "" if hist["jpeg_quality"] is None else str(hist["jpeg_quality"])
             new_fake = self.emit(row, imported.root, "published", "fake",
                                  extra={"anatomy_matched": "true" if matched_anatomy else "false",
-                                        "jpeg_history": "" if hist["jpeg_quality"] is None else str(hist["jpeg_quality"])})
+                                        "jpeg_history": jpeg_history})
             if new_fake is None:
                 continue
             n_imported += 1
@@ -173,7 +174,8 @@ class _Writer:
              history_jpeg: int | None = None, extra: dict[str, str] | None = None) -> ManifestRow | None:
         opt = self.opt
         src = row.resolve(root)
-        rel = Path(folder) / safe_name(row.modality) / safe_name(row.source or row.generator or "unknown") / out_name(row, root)
+        group = safe_name(row.source or row.generator or "unknown")
+        rel = Path(folder) / safe_name(row.modality) / group / out_name(row, root)
         if role == "matched_real":
             tag = hashlib.sha1(json.dumps(extra, sort_keys=True).encode()).hexdigest()[:6]
             rel = rel.with_name(rel.stem + "_m" + tag + ".png")
