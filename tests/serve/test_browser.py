@@ -8,6 +8,9 @@ import time
 
 import pytest
 
+#: Debian chromium + chromium-driver: skipped without them (failed in CI), checked before any fixture is built
+pytestmark = [pytest.mark.requires_tool("chromium", package="chromium"),
+              pytest.mark.requires_tool("chromedriver", package="chromium-driver")]
 
 
 def _free_port() -> int:
