@@ -4,13 +4,14 @@
   deflated data set is inflated in bounded chunks: only the first :data:`HEADER_BYTES` are kept, the
   rest is counted and dropped, so a deflate bomb (e.g. 143 KB inflating to 147 MB of RGB pixels) costs
   no memory here.
-- :func:`decode_cost` estimates the peak memory of decoding an instance from its header: frames
-  decoded × rows × columns × samples × :data:`BYTES_PER_SAMPLE` (measured with ``tracemalloc`` on
-  ``medforensics.io.load_frames``: 22 bytes per sample for 8-bit grey/RGB, 32 for 16-bit CT with a
-  rescale — file bytes, decoded array, float64 rescale, float32 normalisation).
+- :func:`decode_cost` is the readers' own estimate of an instance's decode peak memory
+  (:mod:`medforensics.io.budget`: encoded data, decoded array, float working copies, float32
+  frames out), computed from the received header — the same estimate the decode worker checks
+  against its per-decode budget before allocating.
 - :class:`DecodeBudget` holds the receiver's global memory budget: an instance waits until its
-  estimated cost fits next to the instances in progress (and a slot is free); one that cannot fit
-  even alone is refused with a named error before anything is allocated.
+  estimated cost fits next to the instances in progress (and a slot is free); one over the
+  per-decode limit (``medforensics.io``'s budget, at most the global one) is refused with a named
+  error before anything is allocated.
 - :class:`PeerGate` admits a TCP connection (before any association thread exists) only from allowed
   addresses and while that peer holds fewer than ``max_per_peer`` connections, so a few idle sockets
   cannot occupy every association slot.
@@ -25,12 +26,11 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass
 from io import BytesIO
+from pathlib import Path
 from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
 
-#: Peak bytes held per decoded sample by ``medforensics.io`` (measured; see the module docstring).
-BYTES_PER_SAMPLE = 32
 #: Inflated bytes of a deflated data set kept for parsing its header (the rest is only counted).
 HEADER_BYTES = 8 << 20
 #: Default global decode budget (all decodes in progress together) and concurrent decodes.
@@ -98,28 +98,41 @@ def read_header(data: bytes, transfer_syntax: str, *, inflate_limit: int) -> Hea
     return Header(ds, inflated)
 
 
-def decode_cost(header: Header, max_frames: int) -> int:
-    """Estimated peak bytes of decoding the instance (0 when it has no image pixel module)."""
+def decode_cost(header: Header, max_frames: int, encoded_bytes: int) -> int:
+    """Estimated peak bytes of decoding the instance (0 when it has no image pixel module).
+
+    ``encoded_bytes``: the data set as received (a deflated one counts as its inflated size).
+    """
+    from ..io.dicom import _decode_cost, _header_dims  # the readers' estimate (medforensics.io.budget)
+    from ..io.intensity import IntensityConfig
+
     ds = header.dataset
-    try:
-        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-        frames = int(ds.get("NumberOfFrames") or 1)
-        spp = int(ds.get("SamplesPerPixel") or 1)
-    except (TypeError, ValueError):
+    dims = _header_dims(ds)
+    if dims is None:
         return 0
-    modality = str(ds.get("Modality") or "").upper()
-    decoded = frames if modality == "MR" else min(frames, max(1, max_frames))  # MR pools every frame
-    cost = max(decoded, 0) * max(rows, 0) * max(cols, 0) * max(spp, 1) * BYTES_PER_SAMPLE
-    return cost + (header.inflated_bytes or 0)
+    n, spp = dims[0], dims[3]
+    pooled = str(ds.get("Modality") or "").upper() == "MR" and spp == 1  # MR volumes pool every frame
+    decode = list(range(n)) if pooled else list(range(min(n, max(1, max_frames))))
+    encoded = max(encoded_bytes, header.inflated_bytes or 0)
+    try:
+        return _decode_cost(ds, Path("received"), dims, encoded, decode, modality=None,
+                            config=IntensityConfig()).total
+    except Exception:  # an odd header the estimate cannot read: the decoder will judge it
+        return 0
 
 
 class DecodeBudget:
-    """A global decode budget: at most ``slots`` decodes and ``total_bytes`` estimated bytes at once."""
+    """A global decode budget: at most ``slots`` instances and ``total_bytes`` estimated bytes at once.
 
-    def __init__(self, total_bytes: int = DEFAULT_DECODE_BUDGET, slots: int = DEFAULT_CONCURRENT_DECODES):
+    ``per_decode`` (default ``total_bytes``) is the most one instance may need.
+    """
+
+    def __init__(self, total_bytes: int = DEFAULT_DECODE_BUDGET, slots: int = DEFAULT_CONCURRENT_DECODES,
+                 per_decode: int | None = None):
         if total_bytes <= 0 or slots <= 0:
             raise ValueError(f"decode budget and concurrent decodes must be positive, got {total_bytes}, {slots}")
         self.total_bytes = int(total_bytes)
+        self.per_decode = min(self.total_bytes, int(per_decode or total_bytes))
         self.slots = int(slots)
         self._used = 0
         self._active = 0
@@ -127,10 +140,10 @@ class DecodeBudget:
 
     def check(self, cost: int) -> None:
         """Raise :class:`RefusedInstance` when ``cost`` can never fit."""
-        if cost > self.total_bytes:
+        if cost > self.per_decode:
             raise RefusedInstance(f"decoding needs about {_size(cost)} of memory, over the receiver's decode "
-                                  f"budget of {_size(self.total_bytes)}",
-                                  f"over decode budget: needs {_size(cost)} > {_size(self.total_bytes)}")
+                                  f"budget of {_size(self.per_decode)} per instance",
+                                  f"over decode budget: needs {_size(cost)} > {_size(self.per_decode)}")
 
     def acquire(self, cost: int, timeout: float | None = None) -> bool:
         """Wait until ``cost`` fits (after :meth:`check`); ``False`` on timeout."""

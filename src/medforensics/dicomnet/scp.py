@@ -149,7 +149,10 @@ class DicomReceiver:
         if max_decodes <= 0:
             raise ValueError(f"max_decodes must be positive, got {max_decodes}")
         self.engine_workers = int(max_decodes)
-        self.budget = DecodeBudget(decode_budget, max_in_flight or max(2 * batch_size, self.engine_workers))
+        from ..io.budget import current_budget
+
+        self.budget = DecodeBudget(decode_budget, max_in_flight or max(2 * batch_size, self.engine_workers),
+                                   per_decode=current_budget())
         self.batch_size = batch_size
         self.spool = Spool(spool_dir if spool_dir is not None else Path(DEFAULT_SPOOL) / ae_title)
         self.keep_dir = self.spool.folder / "done" if keep_spooled else None
@@ -236,7 +239,7 @@ class DicomReceiver:
             self._rule = StoreRule(self.store, self.detector, self.model_id, source="dicom")
         self.engine = ScanEngine(self.detector, threshold=self.threshold, max_frames=self.max_frames,
                                  batch_size=self.batch_size, workers=self.engine_workers, store=self.store,
-                                 source="dicom", model_id=self.model_id)
+                                 source="dicom", model_id=self.model_id, decode_budget=self.budget.per_decode)
         self._stopping.clear()
         self._dispatcher = threading.Thread(target=self._dispatch, name="dicom-dispatch", daemon=True)
         self._dispatcher.start()
@@ -338,8 +341,8 @@ class DicomReceiver:
         data = event.encoded_dataset(include_meta=False)
         source = f"dicom://{caller}/{sop_uid}"
         try:
-            header = read_header(data, transfer_syntax, inflate_limit=self.budget.total_bytes)
-            cost = decode_cost(header, self.max_frames)
+            header = read_header(data, transfer_syntax, inflate_limit=self.budget.per_decode)
+            cost = decode_cost(header, self.max_frames, len(data))
             self.budget.check(cost)
         except RefusedInstance as err:
             log.warning("instance %s refused: %s", sop_uid, err.reason)
@@ -413,7 +416,7 @@ class DicomReceiver:
                     continue  # waits for the instance with the same UID in progress
                 uid = inst.sop_instance_uid
                 if cost is None:
-                    cost = _file_cost(path, inst.transfer_syntax_uid, self.max_frames, self.budget.total_bytes)
+                    cost = _file_cost(path, inst.transfer_syntax_uid, self.max_frames, self.budget.per_decode)
                 while not self.budget.acquire(cost, timeout=0.5):
                     if self._stopping.is_set():
                         self._finished_one()
@@ -523,8 +526,8 @@ def _file_cost(path: Path, transfer_syntax: str, max_frames: int, inflate_limit:
     if raw[128:132] != b"DICM" or raw[132:136] != b"\x02\x00\x00\x00":
         raise ValueError("not a spooled DICOM file (no File Meta group length)")
     (group_length,) = struct.unpack("<I", raw[140:144])
-    return decode_cost(read_header(raw[144 + group_length:], transfer_syntax, inflate_limit=inflate_limit),
-                       max_frames)
+    data = raw[144 + group_length:]
+    return decode_cost(read_header(data, transfer_syntax, inflate_limit=inflate_limit), max_frames, len(data))
 
 
 def _status(code: int, comment: str):
