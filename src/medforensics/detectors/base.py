@@ -36,6 +36,10 @@ class Detector(ABC):
 
     Subclasses set ``name`` (the registry key), ``version`` and ``supervised``, and implement
     :meth:`fit`, :meth:`_score_arrays`, :meth:`state_dict` and :meth:`load_state_dict`.
+    Options are declared at class level: ``DEFAULTS`` (every option and its default; the constructor
+    merges the given config over it and rejects unknown keys), ``DERIVED`` (informational keys the
+    detector writes into its own config, accepted back and dropped when a saved model is loaded) and
+    ``DEFAULT_PREPROCESSING`` (used when no ``preprocessing`` is given).
     ``train``/``val`` passed to :meth:`fit` are sequences (e.g. :class:`medforensics.data.ImageDataset`)
     whose items are dicts with ``image`` (C×H×W float tensor, already preprocessed with
     ``self.preprocessing``), ``label`` (0 real, 1 fake) and optionally ``mask`` (H×W, 1 = tampered).
@@ -45,13 +49,19 @@ class Detector(ABC):
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     supervised: ClassVar[bool] = True
+    #: every option with its default; None = options are not declared (the config is kept as given)
+    DEFAULTS: ClassVar[dict[str, Any] | None] = None
+    #: informational keys the detector writes into its own config (dropped when a saved model is loaded)
+    DERIVED: ClassVar[tuple[str, ...]] = ()
+    DEFAULT_PREPROCESSING: ClassVar[Preprocessing] = Preprocessing()
 
     def __init__(self, preprocessing: Preprocessing | dict | None = None, seed: int = 0, **config: Any):
         if isinstance(preprocessing, dict):
             preprocessing = Preprocessing.from_dict(preprocessing)
-        self.preprocessing: Preprocessing = preprocessing or Preprocessing()
+        self.preprocessing: Preprocessing = preprocessing or self.DEFAULT_PREPROCESSING
         self.seed = seed
-        self.config: dict[str, Any] = dict(config)
+        self.config: dict[str, Any] = (dict(config) if self.DEFAULTS is None
+                                       else merge_config(self.name, self.DEFAULTS, config, self.DERIVED))
         self.threshold: float = 0.5
         self.calibration: dict[str, Any] = {"method": "default", "threshold": 0.5}
         self.training_summary: dict[str, Any] = {}

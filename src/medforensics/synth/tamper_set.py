@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..data.manifest import Manifest, ManifestRow
 from ..io import UnreadableImageError, load
-from ..train.common import progress
+from ..detectors.components.progress import progress
 from .tamper import tamper
 
 KINDS = ("inject", "remove")

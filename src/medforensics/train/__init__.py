@@ -1,5 +1,3 @@
-"""Shared training machinery: seeding, class-balanced loaders, progress, best-checkpoint tracking."""
-
-from .common import BestState, balanced_loader, progress, seed_everything
-
-__all__ = ["BestState", "balanced_loader", "progress", "seed_everything"]
+"""Training recipes: data preparation that keeps detectors off processing and anatomy shortcuts
+(:mod:`.recipes`). The training loops themselves live below the detectors, in
+:mod:`medforensics.detectors.components`."""

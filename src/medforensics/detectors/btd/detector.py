@@ -31,7 +31,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,8 +39,12 @@ from scipy.special import expit, logit
 
 from ...io.types import UnreadableImageError
 from ...io.preprocess import Preprocessing
-from ...train.common import dataset_labels, progress, seed_everything
-from ..base import Detector, ImageBatch, merge_config
+from ..base import Detector, ImageBatch
+from ..components.device import resolve_device
+from ..components.fit import fit_steps, optimiser_step, time_aware_cosine
+from ..components.loaders import dataset_labels
+from ..components.progress import progress
+from ..components.seeding import seed_everything
 from ..registry import register_detector
 from .model import (
     FixedStepNoise,
@@ -124,23 +128,23 @@ class BTDDetector(Detector):
     name = "btd"
     version = "1"
     supervised = False
+    DEFAULTS: ClassVar[dict[str, Any]] = DEFAULTS
+    DEFAULT_PREPROCESSING: ClassVar[Preprocessing] = Preprocessing(channels=1)
 
     def __init__(self, **config: Any):
-        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        super().__init__(preprocessing=pre or Preprocessing(channels=1), seed=seed,
-                         **merge_config(self.name, DEFAULTS, config))
+        super().__init__(**config)
         c = self.config
         c["channel_mult"] = [int(m) for m in c["channel_mult"]]
         self._validate()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(self.seed)
             #: ε_θ(x_t, t), a diffusers UNet2DModel (public: used by the RePaint attack)
             self.unet = build_unet(self.preprocessing.channels, c["base_width"], c["channel_mult"],
                                    c["layers_per_block"], c["attention"], c["norm_num_groups"],
                                    sample_size=self.patch_size)
         #: the DDPM noise schedule, a diffusers DDPMScheduler (public: used by the RePaint attack)
         self.scheduler = build_scheduler(c["num_train_timesteps"], c["beta_schedule"], c["beta_start"], c["beta_end"])
-        self.device = _resolve_device(c["device"])
+        self.device = resolve_device(c["device"])
         self.unet.to(self.device).eval()
         # score calibration: p = σ((log s − score_center) / score_scale); maps / map_scale (0 = per image)
         self.score_center, self.score_scale, self.map_scale = 0.0, 1.0, 0.0
@@ -512,45 +516,33 @@ class BTDDetector(Detector):
         steps, bs, t_max = int(c["steps"]), int(c["batch_size"]), self._t_max()
         opt = torch.optim.AdamW(self.unet.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
         warm = max(1, min(int(c["warmup_steps"]), steps // 10 or 1))
-        history, window_losses, t0 = [], [], time.time()
+        t0 = time.time()
         budget = float(c["max_seconds"]) if c["max_seconds"] else None
-
-        def lr_factor(s: int) -> float:
-            """Linear warm-up, then cosine decay over the steps (or over the time budget, if that ends first)."""
-            frac = s / max(1, steps)
-            if budget:
-                frac = max(frac, (time.time() - t0) / budget)
-            return min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        # linear warm-up, then cosine decay over the steps (or over the time budget, if that ends first)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, time_aware_cosine(steps, warmup=warm, max_seconds=budget,
+                                                                         start=t0))
         ema = _ema(self.unet, float(c["ema_decay"])) if c["ema_decay"] else None
+        lrs: list[float] = []
         self.unet.train()
-        bar = progress(range(steps), "btd training" + (f" (time budget {budget:.0f} s)" if budget else ""),
-                       enabled=c["progress"])
-        done = 0
-        for step in bar:
+
+        def step(_: int) -> float:
             x0 = to_model_range(self._sample_crops(pool, bs, gen)).to(self.device)
             t = torch.randint(1, t_max + 1, (bs,), generator=gen).to(self.device)  # paper steps
             noise = torch.randn(x0.shape, generator=gen).to(self.device)  # ε
             loss = noise_loss(self.unet, self.scheduler, x0, t, noise)  # ‖ε − ε_θ(x_t, t)‖²
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if c["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(self.unet.parameters(), float(c["grad_clip"]))
-            opt.step()
-            sched.step()
+            value = optimiser_step(loss, opt, sched, clip=c["grad_clip"], params=self.unet.parameters())
             if ema is not None:
                 ema.step(self.unet.parameters())
-            done = step + 1
-            window_losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(window_losses[-20:]):.4f}")
-            if done % int(c["log_every"]) == 0 or done == steps:
-                history.append({"step": done, "loss": float(np.mean(window_losses)), "lr": sched.get_last_lr()[0]})
-                window_losses = []
-            if budget and time.time() - t0 > budget:
-                break
-        if window_losses:
-            history.append({"step": done, "loss": float(np.mean(window_losses)), "lr": sched.get_last_lr()[0]})
+            lrs.append(sched.get_last_lr()[0])
+            return value
+
+        run = fit_steps(step, steps, max_seconds=budget, start=t0, show_progress=bool(c["progress"]),
+                        desc="btd training" + (f" (time budget {budget:.0f} s)" if budget else ""))
+        done, every = run.steps, int(c["log_every"])
+        # one record per log_every steps, and one for the steps after the last full block
+        ends = list(range(every, done + 1, every)) + ([done] if done % every else [])
+        history = [{"step": end, "loss": float(np.mean(run.losses[end - (end % every or every) : end])),
+                    "lr": lrs[end - 1]} for end in ends]
         if ema is not None:
             ema.copy_to(self.unet.parameters())
         self.unet.eval()
@@ -635,15 +627,6 @@ class BTDDetector(Detector):
         cal = tensors.get("btd.calibration")
         if cal is not None:
             self.score_center, self.score_scale, self.map_scale = (float(v) for v in cal.tolist())
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        warnings.warn("btd: device 'cuda' requested but CUDA is not available; using the CPU", stacklevel=3)
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def _ema(module: torch.nn.Module, decay: float) -> Any:

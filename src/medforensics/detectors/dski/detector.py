@@ -32,58 +32,23 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
-from ...train.common import BestState, balanced_loader, dataset_labels, progress, seed_everything
-from ..backbones import DEFAULT_CLIP, build_backbone, default_blocks, is_random, normalise_spec, resolve_device
-from ..base import CONFIG_FILE, WEIGHTS_FILE, Detector, ImageBatch, _json_default, merge_config, read_model_dir
+from ..backbones import DEFAULT_CLIP, build_backbone, default_blocks, is_random, normalise_spec
+from ..base import CONFIG_FILE, WEIGHTS_FILE, Detector, ImageBatch, _json_default, read_model_dir
+from ..components.device import resolve_device
+from ..components.fit import fit_epochs
+from ..components.loaders import balanced_loader, dataset_labels
+from ..components.seeding import seed_everything
+from ..components.selection import validation_metrics
 from ..registry import register_detector
 from .bank import CLASSES, FeatureBank, mfrm_logits
 from .model import STREAMS, DSKIModel
-
-DEFAULTS: dict[str, Any] = {
-    "backbone": DEFAULT_CLIP,  # HF name / local dir / "tiny" / {"tiny": {...}} / "efficientnet-lite0" / ...
-    "image_size": None,  # backbone input size (None: CLIP native, EfficientNet no resize)
-    "normalisation": "lite",  # EfficientNet only: "lite" ((x−0.5)/0.5) or "imagenet"
-    "blocks": None,  # adapter blocks (0-based); None: 7, 15, 23 of 24 scaled to the depth
-    "use_cdfa": True,
-    "use_mfrm": True,
-    "streams": "both",  # "both" | "noise" | "spatial"
-    "bottleneck": 64,  # adapter channel width
-    "noise_kernel": 3,  # Bayar kernel on the token grid (3×3 neighbourhood of patches)
-    "lambda_init": 1.0,  # λ initial value
-    "adapter_init_std": 0.01,
-    "prompts": ["A real medical image", "A fake medical image"],
-    "text_hidden": None,  # text adapter hidden width (None: D/4)
-    "logit_scale": None,  # None: CLIP's learnt scale; 30 for the EfficientNet cosine head
-    "head_init": "prototypes",  # EfficientNet head: "prototypes" (class means of f′) | "random"
-    "center_features": True,  # f′ = normalise(normalise(g) − μ), μ from training images (departure from the paper)
-    "center_shots": 32,  # μ and the head prototypes from n real + n fake training images
-    "bank_shots": 16,  # n real + n fake training images in the bank
-    "alpha": 0.1,  # α: affinity sharpness (Tip-Adapter calls it β)
-    "beta": 10.0,  # β: weight of the retrieval logits (Tip-Adapter calls it α)
-    "bank_balance": True,  # each class of A·L = bank_shots × mean affinity (= the paper's sum for n + n entries)
-    "epochs": 50,
-    "batch_size": 32,
-    "accumulate": 1,  # gradient accumulation steps (micro-batch = batch_size / accumulate)
-    "lr": 1e-4,
-    "momentum": 0.9,
-    "weight_decay": 0.005,
-    "lr_schedule": "constant",  # "constant" (paper) | "cosine"
-    "amp": "auto",  # mixed precision: "auto" = on CUDA only
-    "device": "auto",
-    "num_workers": 0,
-    "score_batch": 32,
-    "target_fpr": 0.05,
-    "progress": True,
-}
-#: informational keys written by the detector itself (accepted back when a model is loaded)
-DERIVED = ("backbone_weights",)
 
 
 @register_detector
@@ -91,10 +56,47 @@ class DSKIDetector(Detector):
     name = "dski"
     version = "1"
     supervised = True
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "backbone": DEFAULT_CLIP,  # HF name / local dir / "tiny" / {"tiny": {...}} / "efficientnet-lite0" / ...
+        "image_size": None,  # backbone input size (None: CLIP native, EfficientNet no resize)
+        "normalisation": "lite",  # EfficientNet only: "lite" ((x−0.5)/0.5) or "imagenet"
+        "blocks": None,  # adapter blocks (0-based); None: 7, 15, 23 of 24 scaled to the depth
+        "use_cdfa": True,
+        "use_mfrm": True,
+        "streams": "both",  # "both" | "noise" | "spatial"
+        "bottleneck": 64,  # adapter channel width
+        "noise_kernel": 3,  # Bayar kernel on the token grid (3×3 neighbourhood of patches)
+        "lambda_init": 1.0,  # λ initial value
+        "adapter_init_std": 0.01,
+        "prompts": ["A real medical image", "A fake medical image"],
+        "text_hidden": None,  # text adapter hidden width (None: D/4)
+        "logit_scale": None,  # None: CLIP's learnt scale; 30 for the EfficientNet cosine head
+        "head_init": "prototypes",  # EfficientNet head: "prototypes" (class means of f′) | "random"
+        "center_features": True,  # f′ = normalise(normalise(g) − μ), μ from training images (departure from the paper)
+        "center_shots": 32,  # μ and the head prototypes from n real + n fake training images
+        "bank_shots": 16,  # n real + n fake training images in the bank
+        "alpha": 0.1,  # α: affinity sharpness (Tip-Adapter calls it β)
+        "beta": 10.0,  # β: weight of the retrieval logits (Tip-Adapter calls it α)
+        "bank_balance": True,  # each class of A·L = bank_shots × mean affinity (= the paper's sum for n + n entries)
+        "epochs": 50,
+        "batch_size": 32,
+        "accumulate": 1,  # gradient accumulation steps (micro-batch = batch_size / accumulate)
+        "lr": 1e-4,
+        "momentum": 0.9,
+        "weight_decay": 0.005,
+        "lr_schedule": "constant",  # "constant" (paper) | "cosine"
+        "amp": "auto",  # mixed precision: "auto" = on CUDA only
+        "device": "auto",
+        "num_workers": 0,
+        "score_batch": 32,
+        "target_fpr": 0.05,
+        "progress": True,
+    }
+    #: informational keys written by the detector itself (accepted back when a model is loaded)
+    DERIVED: ClassVar[tuple[str, ...]] = ("backbone_weights",)
 
     def __init__(self, **config: Any):
-        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        super().__init__(preprocessing=pre, seed=seed, **merge_config(self.name, DEFAULTS, config, DERIVED))
+        super().__init__(**config)
         c = self.config
         c["backbone"] = normalise_spec(c["backbone"])
         if c["streams"] not in STREAMS:
@@ -108,7 +110,7 @@ class DSKIDetector(Detector):
         depth = len(backbone.hook_points())
         blocks = list(c["blocks"]) if c["blocks"] is not None else default_blocks(depth)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(self.seed)
             self.model = DSKIModel(
                 backbone, blocks=blocks, use_cdfa=c["use_cdfa"], bottleneck=c["bottleneck"], streams=c["streams"],
                 noise_kernel=c["noise_kernel"], lambda_init=c["lambda_init"], init_std=c["adapter_init_std"],
@@ -287,8 +289,6 @@ class DSKIDetector(Detector):
     # ------------------------------------------------------------------ training
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
         """Centre (μ), train the adapters (backbone frozen), keep the best-AUC epoch, build the bank, calibrate τ."""
-        from ...eval.metrics import compute_metrics
-
         c = self.config
         t0 = time.time()
         gen = seed_everything(self.seed)
@@ -296,7 +296,7 @@ class DSKIDetector(Detector):
         if self.model.text_base is None and c["head_init"] == "prototypes":
             self.init_head_from_prototypes(train, shots=c["center_shots"])
         micro = c["batch_size"] // c["accumulate"]
-        loader = balanced_loader(train, micro, gen, c["num_workers"], collate_fn=getattr(train, "collate", None))
+        loader = balanced_loader(train, micro, gen, c["num_workers"])
         trainable = self.model.trainable()
         params = [p for p in trainable.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"])
@@ -304,59 +304,53 @@ class DSKIDetector(Detector):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if c["lr_schedule"] == "cosine" else None
         use_amp = self.device.type == "cuda" and c["amp"] in ("auto", True)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        best, history = BestState(), []
-        for epoch in range(c["epochs"]):
+        epoch_start = [time.time()]
+
+        def batches(epoch: int) -> Any:
             if hasattr(train, "set_epoch"):
                 train.set_epoch(epoch)
-            self.model.train()  # the backbone stays in eval mode (Backbone.train)
-            losses, te = [], time.time()
-            bar = progress(loader, f"dski epoch {epoch + 1}/{c['epochs']}", enabled=c["progress"])
+            epoch_start[0] = time.time()
             opt.zero_grad(set_to_none=True)
-            for step, batch in enumerate(bar):
-                x = batch["image"].to(self.device, non_blocking=True)
-                y = batch["label"].float().to(self.device)
-                with self._autocast():
-                    logits = self.model(x)
-                # BCE on the fake-vs-real logit difference (= 2-way softmax cross-entropy)
-                loss = F.binary_cross_entropy_with_logits((logits[:, 1] - logits[:, 0]).float(), y)
-                scaler.scale(loss / c["accumulate"]).backward()
-                if (step + 1) % c["accumulate"] == 0 or step + 1 == len(loader):
-                    scaler.step(opt)
-                    scaler.update()
-                    opt.zero_grad(set_to_none=True)
-                    self.model.constrain_()  # Bayar–Stamm constraint re-imposed after every step
-                    if sched is not None:
-                        sched.step()
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
-                                      "seconds": round(time.time() - te, 1)}
-            if self.model.adapters and self.config["streams"] == "both":
-                record["lambda"] = [round(a.lam.item(), 5) for a in self.model.adapters.values()]
-            if val is not None and len(val):
-                y_val, s_val = self._scores_of(val, use_bank=False)
-                m = compute_metrics(y_val, s_val)
-                bce = float(-np.mean(y_val * np.log(s_val + 1e-6) + (1 - y_val) * np.log(1 - s_val + 1e-6)))
-                record.update(val_auc=m["auc"], val_ap=m["ap"], val_bce=bce)
-                auc = m["auc"] if np.isfinite(m["auc"]) else 0.0
-                best.update((round(auc, 4), -bce), epoch + 1, trainable)
-            else:
-                best.update(-record["train_loss"], epoch + 1, trainable)
-            history.append(record)
-            if c["progress"]:
-                print("  " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                      flush=True)
-        if best.state is not None:
-            trainable.load_state_dict(best.state)
-        self.model.eval()
+            return loader
+
+        def step(i: int, batch: dict) -> float:
+            x = batch["image"].to(self.device, non_blocking=True)
+            y = batch["label"].float().to(self.device)
+            with self._autocast():
+                logits = self.model(x)
+            # BCE on the fake-vs-real logit difference (= 2-way softmax cross-entropy)
+            loss = F.binary_cross_entropy_with_logits((logits[:, 1] - logits[:, 0]).float(), y)
+            scaler.scale(loss / c["accumulate"]).backward()
+            if (i + 1) % c["accumulate"] == 0 or i + 1 == len(loader):
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                self.model.constrain_()  # Bayar–Stamm constraint re-imposed after every step
+                if sched is not None:
+                    sched.step()
+            return loss.item()
+
+        def extras() -> dict[str, Any]:
+            out: dict[str, Any] = {"seconds": round(time.time() - epoch_start[0], 1)}
+            if self.model.adapters and c["streams"] == "both":
+                out["lambda"] = [round(a.lam.item(), 5) for a in self.model.adapters.values()]
+            return out
+
+        def validate() -> dict[str, Any]:
+            return validation_metrics(*self._scores_of(val, use_bank=False))
+
+        # model.train() keeps the backbone in eval mode (Backbone.train); only the trainable part is kept
+        result = fit_epochs(self.model, c["epochs"], batches, step, extras=extras,
+                            validate=validate if val is not None and len(val) else None, keep=trainable,
+                            desc="dski epoch", show_progress=bool(c["progress"]))
         if c["center_features"]:  # μ of the kept weights, exact (the running mean tracked the last epoch)
             summary_mu_drift = float((self.fit_feature_mean(train) - mu0).norm())
         else:
             summary_mu_drift = None
         bank_n = self.build_bank(train) if c["use_mfrm"] else 0
         summary: dict[str, Any] = {
-            "n_train": len(train), "n_val": len(val) if val is not None else 0, "best_epoch": best.epoch,
-            "history": history, "seconds": round(time.time() - t0, 1), "bank_size": bank_n,
+            "n_train": len(train), "n_val": len(val) if val is not None else 0, "best_epoch": result.best_epoch,
+            "history": result.history, "seconds": round(time.time() - t0, 1), "bank_size": bank_n,
             "device": str(self.device), "amp": use_amp,
             "trainable_parameters": sum(p.numel() for p in params),
             "feature_mean_drift": summary_mu_drift,  # ‖μ_final − μ_initial‖ (centring)

@@ -1,5 +1,5 @@
 """``f3net``: F3-Net-style frequency detector (FAD band images ‖ LFS statistics → small CNNs),
-trained from scratch with the shared whole-image loop of :class:`~..npr.detector.ScratchCNNDetector`
+trained from scratch with the shared whole-image loop of :class:`~..components.scratch_cnn.ScratchCNNDetector`
 (random crops, balanced loader, best epoch by validation AUC, τ calibrated on validation reals).
 The heat-map is the class-activation map of the fused last feature map.
 """
@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-from ..npr.detector import ScratchCNNDetector
+from ..components.scratch_cnn import TRAINING_DEFAULTS, ScratchCNNDetector
 from ..registry import register_detector
 from .model import F3Net
 
@@ -21,7 +21,7 @@ class F3NetDetector(ScratchCNNDetector):
 
     name = "f3net"
     version = "1"
-    MODEL_DEFAULTS: ClassVar[dict[str, Any]] = {
+    DEFAULTS: ClassVar[dict[str, Any]] = {
         "width": 16,
         "stages": 3,
         "filter_size": 64,  # resolution of the learnable FAD filters (resized to the image's DCT size)
@@ -30,6 +30,7 @@ class F3NetDetector(ScratchCNNDetector):
         "lfs_bands": 6,
         "use_fad": True,
         "use_lfs": True,
+        **TRAINING_DEFAULTS,
     }
 
     def build_model(self) -> nn.Module:

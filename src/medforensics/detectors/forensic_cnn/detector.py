@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ...train.common import BestState, progress, supervised_training_setup
-from ..base import Detector, merge_config
+from ..base import Detector
+from ..components.fit import fit_epochs, optimiser_step
+from ..components.selection import selection_key, validation_metrics
+from ..components.supervised import crop_origin, supervised_setup
 from ..registry import register_detector
 from .model import ForensicCNN, PatchGrid, conv_grid_supported, patch_map, patchify, topk_mean
 
@@ -58,12 +60,12 @@ class ForensicCNNDetector(Detector):
     name = "forensic_cnn"
     version = "1"
     supervised = True
+    DEFAULTS: ClassVar[dict[str, Any]] = DEFAULTS
 
     def __init__(self, **config: Any):
-        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        super().__init__(preprocessing=pre, seed=seed, **merge_config(self.name, DEFAULTS, config))
+        super().__init__(**config)
         c = self.config
-        torch.manual_seed(seed)
+        torch.manual_seed(self.seed)
         self.model = ForensicCNN(self.preprocessing.channels, c["width"], c["bayar_channels"])
         self.model.eval()
 
@@ -152,14 +154,9 @@ class ForensicCNNDetector(Detector):
         for i in range(n):
             m = masks[i]
             partial = bool(labels[i] > 0.5) and 0 < float(m.mean()) < 1
-            ys, xs = np.nonzero(m.numpy() > 0.5) if partial else (None, None)
-            for j in range(k):
-                if partial and j < k // 2:  # centred on a random tampered pixel
-                    t = rng.integers(len(ys))
-                    y0 = int(np.clip(ys[t] - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, h - p))
-                    x0 = int(np.clip(xs[t] - p // 2 + rng.integers(-p // 4, p // 4 + 1), 0, w - p))
-                else:
-                    y0, x0 = int(rng.integers(0, h - p + 1)), int(rng.integers(0, w - p + 1))
+            tampered = np.nonzero(m.numpy() > 0.5) if partial else None
+            for j in range(k):  # the first half centred on a random tampered pixel
+                y0, x0 = crop_origin(rng, p, (h, w), tampered if partial and j < k // 2 else None)
                 out.append(images[i, :, y0 : y0 + p, x0 : x0 + p])
                 if labels[i] > 0.5 and partial:
                     out_y.append(float(m[y0 : y0 + p, x0 : x0 + p].mean() >= c["min_mask_fraction"]))
@@ -169,50 +166,36 @@ class ForensicCNNDetector(Detector):
 
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
         """Train with BCE on patches; keep the epoch with the best validation AUC; calibrate τ on val reals."""
-
         c = self.config
-        rng, loader, opt, sched = supervised_training_setup(self.model, train, c, self.seed)
-        best, history, t0 = BestState(), [], time.time()
-        best_topk = DEFAULT_TOPK if c["topk"] == "auto" else c["topk"]
-        for epoch in range(c["epochs"]):
+        rng, loader, opt, sched = supervised_setup(self.model, train, c, self.seed)
+        has_val = val is not None and len(val) > 0
+        t0 = time.time()
+
+        def batches(epoch: int) -> Any:
             if hasattr(train, "set_epoch"):
                 train.set_epoch(epoch)
-            self.model.train()
-            losses = []
-            bar = progress(loader, f"epoch {epoch + 1}/{c['epochs']}", enabled=c["progress"])
-            for batch in bar:
-                x, y = self._sample_patches(batch["image"], batch["label"], batch["mask"], rng)
-                loss = F.binary_cross_entropy_with_logits(self.model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                self.model.bayar.constrain_()  # Bayar–Stamm: re-impose the constraint after each step
-                losses.append(loss.item())
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
-            if val is not None and len(val):
-                y_val, logits = self._val_logits(val)
-                frac, m, bce = self._choose_aggregation(y_val, logits)
-                record.update(val_auc=m["auc"], val_ap=m["ap"], val_bce=bce, topk=frac)
-                auc = m["auc"] if np.isfinite(m["auc"]) else 0.0
-                if best.update((round(auc, 4), -bce), epoch + 1, self.model):  # AUC first, BCE breaks ties
-                    best_topk = frac
-            else:
-                best.update(-record["train_loss"], epoch + 1, self.model)
-            history.append(record)
-            if c["progress"] is not None:
-                print("  " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()),
-                      flush=True)
-        if best.state is not None:
-            self.model.load_state_dict(best.state)
-        self.model.eval()
-        c["topk"] = best_topk if c["topk"] == "auto" else c["topk"]
+            return loader
+
+        def step(_: int, batch: dict) -> float:
+            x, y = self._sample_patches(batch["image"], batch["label"], batch["mask"], rng)
+            loss = optimiser_step(F.binary_cross_entropy_with_logits(self.model(x), y), opt, sched)
+            self.model.bayar.constrain_()  # Bayar–Stamm: re-impose the constraint after each step
+            return loss
+
+        def validate() -> dict[str, Any]:
+            frac, record = self._choose_aggregation(*self._val_logits(val))
+            return {**record, "topk": frac}
+
+        result = fit_epochs(self.model, c["epochs"], batches, step, validate=validate if has_val else None,
+                            desc="epoch", show_progress=bool(c["progress"]))
+        if c["topk"] == "auto":  # the aggregation chosen at the kept epoch
+            c["topk"] = result.history[result.best_epoch - 1]["topk"] if has_val and result.best_epoch > 0 \
+                else DEFAULT_TOPK
         summary: dict[str, Any] = {
-            "n_train": len(train), "n_val": len(val) if val is not None else 0, "best_epoch": best.epoch,
-            "topk": c["topk"], "history": history, "seconds": round(time.time() - t0, 1),
+            "n_train": len(train), "n_val": len(val) if val is not None else 0, "best_epoch": result.best_epoch,
+            "topk": c["topk"], "history": result.history, "seconds": round(time.time() - t0, 1),
         }
-        if val is not None and len(val):
+        if has_val:
             self.calibrate_on_real_val(*self._scores_of(val), c["target_fpr"])
         self.training_summary = summary
         return summary
@@ -228,20 +211,17 @@ class ForensicCNNDetector(Detector):
                 logits.append(self._patch_logits(torch.stack([it["image"] for it in items]))[0])
         return np.asarray(ys), torch.cat(logits)
 
-    def _choose_aggregation(self, y: np.ndarray, logits: torch.Tensor) -> tuple[float, dict[str, Any], float]:
-        """Top-k fraction (fixed, or the best validation AUC among TOPK_CANDIDATES when "auto")."""
-        from ...eval.metrics import compute_metrics
-
+    def _choose_aggregation(self, y: np.ndarray, logits: torch.Tensor) -> tuple[float, dict[str, float]]:
+        """Top-k fraction (fixed, or the best validation AUC among TOPK_CANDIDATES when "auto") and its
+        validation metrics (``val_auc``, ``val_ap``, ``val_bce``)."""
         fixed = self.config["topk"]
-        best: tuple[tuple[float, float], float, dict[str, Any], float] | None = None
+        best: tuple[tuple[float, ...], float, dict[str, float]] | None = None
         for frac in TOPK_CANDIDATES if fixed == "auto" else (fixed,):
-            s = torch.sigmoid(topk_mean(logits, frac)).numpy().astype(np.float64)
-            m = compute_metrics(y, s)
-            bce = float(-np.mean(y * np.log(s + 1e-6) + (1 - y) * np.log(1 - s + 1e-6)))
-            key = (round(m["auc"], 4) if np.isfinite(m["auc"]) else 0.0, -bce)
+            record = validation_metrics(y, torch.sigmoid(topk_mean(logits, frac)).numpy())
+            key = selection_key(record)
             if best is None or key > best[0]:
-                best = (key, frac, m, bce)
-        return best[1], best[2], best[3]
+                best = (key, frac, record)
+        return best[1], best[2]
 
     def _scores_of(self, dataset: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
         ys, ss = [], []

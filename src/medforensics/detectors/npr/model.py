@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..forensic_cnn.model import ResBlock
 
@@ -73,9 +72,3 @@ class NPRNet(nn.Module):
 def class_activation(features: torch.Tensor, head: nn.Linear) -> torch.Tensor:
     """Per-location logits ``w·F + b`` (N×K×h×w → N×h×w) of a GAP → linear classifier."""
     return torch.einsum("nkhw,k->nhw", features, head.weight[0]) + head.bias[0]
-
-
-def cam_map(cam_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """N×h×w CAM logits → N×H×W evidence map in [0, 1] (sigmoid, bilinear up-sampling)."""
-    prob = torch.sigmoid(cam_logits)[:, None]
-    return F.interpolate(prob, size=size, mode="bilinear", align_corners=False)[:, 0].clamp(0.0, 1.0)

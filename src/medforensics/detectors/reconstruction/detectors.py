@@ -15,8 +15,9 @@ reconstructs it:
 
 Shared machinery (one copy, in :class:`ReconstructionDetector`):
 
-* one training loop (:func:`train_reconstruction`): AdamW + cosine schedule over ``steps``
-  random mini-batches of real images, seeded;
+* one training loop (:func:`train_reconstruction`, on the shared step loop of
+  :mod:`..components.fit`): AdamW + cosine schedule over ``steps`` random mini-batches of real
+  images, seeded;
 * the per-pixel error map e(x) ≥ 0 of each method; **raw score** = mean of e over the score region
   (``score_region="image"`` or ``"center"``, a ``center_patch``-sided centre square);
 * **probability** = :class:`EmpiricalCDF` of the raw score among the real validation images
@@ -38,8 +39,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ...io.preprocess import Preprocessing
-from ...train.common import dataset_labels, progress, seed_everything
-from ..base import Detector, merge_config
+from ..base import Detector
+from ..components.fit import fit_steps, optimiser_step, time_aware_cosine
+from ..components.loaders import dataset_labels
+from ..components.seeding import seed_everything
 from ..registry import register_detector
 from .models import VAE, ConvAE, UNetAE, kl_divergence, make_unet2d
 
@@ -139,30 +142,17 @@ def train_reconstruction(
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     t0 = time.time()
-
-    def lr_factor(step: int) -> float:
-        frac = step / steps
-        if max_seconds:
-            frac = max(frac, (time.time() - t0) / max_seconds)
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, time_aware_cosine(steps, floor=0.05, max_seconds=max_seconds,
+                                                                     start=t0))
     model.train()
-    losses: list[float] = []
-    bar = progress(range(steps), desc, enabled=show_progress)
-    for _ in bar:
+
+    def step(_: int) -> float:
         idx = rng.choice(n_items, size=min(batch_size, n_items), replace=n_items < batch_size)
-        loss = loss_fn(images(idx), gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.item()))
-        if show_progress:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        if max_seconds and time.time() - t0 > max_seconds:
-            break
+        return float(optimiser_step(loss_fn(images(idx), gen), opt, sched))
+
+    run = fit_steps(step, steps, max_seconds=max_seconds, start=t0, desc=desc, show_progress=show_progress)
     model.eval()
+    losses = run.losses
     chunks = np.array_split(np.asarray(losses), min(10, len(losses)))
     return {
         "steps": len(losses),
@@ -170,7 +160,7 @@ def train_reconstruction(
         "batch_size": batch_size,
         "final_loss": float(np.mean(losses[-max(1, steps // 10):])),
         "loss_curve": [round(float(c.mean()), 6) for c in chunks],
-        "seconds": round(time.time() - t0, 2),
+        "seconds": round(run.seconds, 2),
     }
 
 
@@ -192,21 +182,18 @@ class ReconstructionDetector(Detector):
 
     supervised = False
     version = "1"
-    #: method-specific options (merged over COMMON_DEFAULTS)
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: every option: COMMON_DEFAULTS plus the method's own (subclasses extend their parent's table)
+    DEFAULTS: ClassVar[dict[str, Any]] = COMMON_DEFAULTS
+    DEFAULT_PREPROCESSING: ClassVar[Preprocessing] = Preprocessing(channels=1)
     #: spatial side the model input must be a multiple of (inputs are reflect-padded)
     multiple: int = 1
 
     def __init__(self, **config: Any):
-        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        if pre is None:
-            pre = Preprocessing(channels=1)
-        super().__init__(preprocessing=pre, seed=seed,
-                         **merge_config(self.name, {**COMMON_DEFAULTS, **self.DEFAULTS}, config))
+        super().__init__(**config)
         if self.config["score_region"] not in ("image", "center"):
             raise ValueError(f"score_region must be 'image' or 'center', got {self.config['score_region']!r}")
         self.channels = self.preprocessing.channels
-        torch.manual_seed(seed)
+        torch.manual_seed(self.seed)
         self.model = self.build_model()
         self.model.eval()
         self.calibrator = EmpiricalCDF(log=self.log_scores)
@@ -378,7 +365,7 @@ class AEDetector(ReconstructionDetector):
     """``ae``: convolutional autoencoder, e(x) = (x − D(E(x)))² per pixel."""
 
     name = "ae"
-    DEFAULTS = {"width": 16, "depth": 4, "latent_channels": 16}
+    DEFAULTS = {**ReconstructionDetector.DEFAULTS, "width": 16, "depth": 4, "latent_channels": 16}
 
     @property
     def multiple(self) -> int:  # type: ignore[override]
@@ -513,7 +500,8 @@ class OCVAEDetector(ReconstructionDetector):
     """
 
     name = "oc_vae"
-    DEFAULTS = {"width": 16, "depth": 4, "latent_dim": 64, "beta": 1.0, "score_kl": 0.0}
+    DEFAULTS = {**ReconstructionDetector.DEFAULTS, "width": 16, "depth": 4, "latent_dim": 64, "beta": 1.0,
+                "score_kl": 0.0}
 
     def build_model(self) -> nn.Module:
         c = self.config
@@ -576,6 +564,7 @@ class DDPMOODDetector(ReconstructionDetector):
 
     name = "ddpm_ood"
     DEFAULTS = {
+        **ReconstructionDetector.DEFAULTS,
         "base_width": 16,
         "levels": 3,
         "layers_per_block": 1,

@@ -21,32 +21,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ...train.common import BestState, progress, seed_everything
-from ..backbones import DEFAULT_CLIP, build_backbone, is_random, normalise_spec, resolve_device
-from ..base import Detector, merge_config
+from ..backbones import DEFAULT_CLIP, build_backbone, is_random, normalise_spec
+from ..base import Detector
+from ..components.device import resolve_device
+from ..components.fit import fit_epochs, optimiser_step
+from ..components.progress import progress
+from ..components.seeding import seed_everything
+from ..components.selection import validation_metrics
 from ..registry import register_detector
-
-DEFAULTS: dict[str, Any] = {
-    "backbone": DEFAULT_CLIP,
-    "image_size": None,  # None: CLIP native size, EfficientNet no resize
-    "normalisation": "lite",  # EfficientNet only
-    "epochs": 100,  # on cached features: cheap
-    "batch_size": 256,
-    "lr": 1e-3,
-    "weight_decay": 0.0,
-    "target_fpr": 0.05,
-    "score_batch": 32,
-    "device": "auto",
-    "progress": True,
-}
-DERIVED = ("backbone_weights",)
 
 
 @register_detector
@@ -54,17 +43,30 @@ class UniFDDetector(Detector):
     name = "unifd"
     version = "1"
     supervised = True
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "backbone": DEFAULT_CLIP,
+        "image_size": None,  # None: CLIP native size, EfficientNet no resize
+        "normalisation": "lite",  # EfficientNet only
+        "epochs": 100,  # on cached features: cheap
+        "batch_size": 256,
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "target_fpr": 0.05,
+        "score_batch": 32,
+        "device": "auto",
+        "progress": True,
+    }
+    DERIVED: ClassVar[tuple[str, ...]] = ("backbone_weights",)
 
     def __init__(self, **config: Any):
-        pre, seed = config.pop("preprocessing", None), config.pop("seed", 0)
-        super().__init__(preprocessing=pre, seed=seed, **merge_config(self.name, DEFAULTS, config, DERIVED))
+        super().__init__(**config)
         c = self.config
         c["backbone"] = normalise_spec(c["backbone"])
         self.device = resolve_device(c["device"])
         self.backbone = build_backbone(c["backbone"], image_size=c["image_size"], normalisation=c["normalisation"])
         c["backbone_weights"] = self.backbone.description
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(self.seed)
             self.fc = nn.Linear(self.backbone.feature_dim, 1)
         self.backbone.to(self.device)
         self.fc.to(self.device).eval()
@@ -109,8 +111,6 @@ class UniFDDetector(Detector):
     # ------------------------------------------------------------------ training
     def fit(self, train: Sequence[dict], val: Sequence[dict] | None = None) -> dict[str, Any]:
         """Cache frozen features, train the linear layer (BCE, Adam), keep the best-AUC epoch, calibrate τ."""
-        from ...eval.metrics import compute_metrics
-
         c = self.config
         gen = seed_everything(self.seed)
         t0 = time.time()
@@ -125,41 +125,30 @@ class UniFDDetector(Detector):
             raise ValueError(f"unifd needs real and fake training images; got {len(y_tr) - n_pos:.0f} real, {n_pos:.0f} fake")
         pos_weight = torch.tensor((len(y_tr) - n_pos) / n_pos, device=self.device)  # balance the classes
         opt = torch.optim.Adam(self.fc.parameters(), lr=c["lr"], weight_decay=c["weight_decay"])
-        best, history = BestState(), []
-        for epoch in progress(range(c["epochs"]), "unifd linear", enabled=c["progress"]):
-            self.fc.train()
+
+        def batches(_: int) -> list[torch.Tensor]:
             perm = torch.randperm(len(x_tr), generator=gen).to(self.device)
-            losses = []
-            for start in range(0, len(perm), c["batch_size"]):
-                idx = perm[start : start + c["batch_size"]]
-                loss = F.binary_cross_entropy_with_logits(self.fc(x_tr[idx])[:, 0], y_tr[idx], pos_weight=pos_weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": float(np.mean(losses))}
-            self.fc.eval()
-            if has_val:
-                with torch.no_grad():
-                    s = torch.sigmoid(self.fc(x_va)[:, 0]).cpu().double().numpy()
-                y = y_va.cpu().numpy().astype(int)
-                m = compute_metrics(y, s)
-                bce = float(-np.mean(y * np.log(s + 1e-6) + (1 - y) * np.log(1 - s + 1e-6)))
-                record.update(val_auc=m["auc"], val_bce=bce)
-                best.update((round(m["auc"] if np.isfinite(m["auc"]) else 0.0, 4), -bce), epoch + 1, self.fc)
-            else:
-                best.update(-record["train_loss"], epoch + 1, self.fc)
-            history.append(record)
-        if best.state is not None:
-            self.fc.load_state_dict(best.state)
-        self.fc.eval()
-        summary: dict[str, Any] = {"n_train": len(train), "n_val": len(val) if val is not None else 0,
-                                   "best_epoch": best.epoch, "history": history, "seconds": round(time.time() - t0, 1),
-                                   "device": str(self.device)}
-        if has_val and bool((y_va == 0).any()):
+            return list(perm.split(c["batch_size"]))
+
+        def step(_: int, idx: torch.Tensor) -> float:
+            logits = self.fc(x_tr[idx])[:, 0]
+            return optimiser_step(F.binary_cross_entropy_with_logits(logits, y_tr[idx], pos_weight=pos_weight), opt)
+
+        def val_scores() -> np.ndarray:
             with torch.no_grad():
-                s = torch.sigmoid(self.fc(x_va)[:, 0]).cpu().double().numpy()
-            self.calibrate_on_real_val(y_va.cpu().numpy(), s, c["target_fpr"])
+                return torch.sigmoid(self.fc(x_va)[:, 0]).cpu().double().numpy()
+
+        def validate() -> dict[str, Any]:
+            return validation_metrics(y_va.cpu().numpy().astype(int), val_scores())
+
+        result = fit_epochs(self.fc, c["epochs"], batches, step, validate=validate if has_val else None,
+                            desc="unifd linear", show_progress=bool(c["progress"]), print_records=False,
+                            bar_over="epochs")
+        summary: dict[str, Any] = {"n_train": len(train), "n_val": len(val) if val is not None else 0,
+                                   "best_epoch": result.best_epoch, "history": result.history,
+                                   "seconds": round(time.time() - t0, 1), "device": str(self.device)}
+        if has_val and bool((y_va == 0).any()):
+            self.calibrate_on_real_val(y_va.cpu().numpy(), val_scores(), c["target_fpr"])
         self.training_summary = summary
         return summary
 
