@@ -1,0 +1,143 @@
+"""Named header findings, their weights and the header score.
+
+A :class:`Finding` is one piece of evidence read from a DICOM header or file structure: a stable
+``code`` (what the lead's outputs key on), a ``severity`` (``info`` / ``low`` / ``medium`` /
+``high``), a one-sentence ``message`` for a human and an ``evidence`` dict (JSON-able values).
+
+Scores combine findings as a noisy-OR, ``1 - Π(1 - weight)``: each finding is an independent
+chance that the object was rewritten. With :data:`SEVERITY_WEIGHTS` one ``high`` finding or two
+``medium`` ones reach the default operating point :data:`DEFAULT_THRESHOLD` (0.5); ``info`` and
+``low`` findings alone never do (checked on genuine data by
+``bench/header_forensics_false_positives/run.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+#: Severity → weight in the noisy-OR score.
+SEVERITY_WEIGHTS: dict[str, float] = {"info": 0.05, "low": 0.15, "medium": 0.3, "high": 0.6}
+#: Header score at or above which an instance / a series is flagged.
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One named piece of header / file-structure evidence.
+
+    ``scope`` is ``"instance"`` (read from the file alone) or ``"series"`` (from comparing the
+    instance with the rest of its series); ``path`` is the file the finding points at, or
+    ``None`` for a series finding that belongs to no single file.
+    """
+
+    code: str
+    severity: str
+    message: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    scope: str = "instance"
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITY_WEIGHTS:
+            raise ValueError(f"unknown severity {self.severity!r} (one of {sorted(SEVERITY_WEIGHTS)})")
+
+    @property
+    def weight(self) -> float:
+        return SEVERITY_WEIGHTS[self.severity]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "weight": self.weight,
+            "message": self.message,
+            "evidence": self.evidence,
+            "scope": self.scope,
+            "path": self.path,
+        }
+
+
+def combine(findings: Iterable[Finding]) -> float:
+    """Noisy-OR of the findings' weights, in [0, 1] (0 for no findings)."""
+    keep = 1.0
+    for f in findings:
+        keep *= 1.0 - f.weight
+    return float(1.0 - keep)
+
+
+@dataclass
+class InstanceReport:
+    """Header forensics of one file.
+
+    ``findings`` are the file's own (scope ``instance``); ``series_findings`` are the series
+    findings that point at this file (filled in by :func:`~medforensics.headers.inspect_series`).
+    ``score`` combines both. ``error`` is set when the header could not be read at all (the
+    report then carries one ``unreadable_header`` finding).
+    """
+
+    path: str
+    sop_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    modality: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    series_findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+    #: per-slice header values and pixel statistics used by the series rules (not part of the API)
+    facts: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def all_findings(self) -> list[Finding]:
+        return [*self.findings, *self.series_findings]
+
+    @property
+    def score(self) -> float:
+        return combine(self.all_findings)
+
+    def flagged(self, threshold: float = DEFAULT_THRESHOLD) -> bool:
+        return self.score >= threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sop_instance_uid": self.sop_instance_uid,
+            "series_instance_uid": self.series_instance_uid,
+            "modality": self.modality,
+            "header_score": self.score,
+            "error": self.error,
+            "findings": [f.to_dict() for f in self.all_findings],
+        }
+
+
+@dataclass
+class SeriesReport:
+    """Header forensics of the instances of one SeriesInstanceUID.
+
+    ``instances`` are ordered along the slice normal when every instance has a position (else
+    by InstanceNumber, then path); ``findings`` are all series findings (those pointing at a file
+    also appear in that instance's ``series_findings``).
+    ``score`` = 1 − (1 − highest instance score) · Π(1 − weight of series findings that point
+    at no single file).
+    """
+
+    series_instance_uid: str
+    instances: list[InstanceReport] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def score(self) -> float:
+        top = max((r.score for r in self.instances), default=0.0)
+        unpinned = combine(f for f in self.findings if f.path is None)
+        return float(1.0 - (1.0 - top) * (1.0 - unpinned))
+
+    def flagged(self, threshold: float = DEFAULT_THRESHOLD) -> bool:
+        return self.score >= threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "series_instance_uid": self.series_instance_uid,
+            "header_score": self.score,
+            "n_instances": len(self.instances),
+            "findings": [f.to_dict() for f in self.findings],
+            "instances": [r.to_dict() for r in self.instances],
+        }
