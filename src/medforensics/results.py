@@ -32,6 +32,10 @@ class ScanResult:
     content_hash: str | None = field(default=None, compare=False)
     scan_id: str | None = field(default=None, compare=False)
     cached: bool = field(default=False, compare=False)
+    # per-frame evidence for series / volume analysis (in memory only; set when the engine is asked for it):
+    # F small evidence maps (F×h×w float32) and each frame's position along the slice normal (mm or None)
+    frame_maps: Any = field(default=None, repr=False, compare=False)
+    frame_positions: list = field(default_factory=list, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -40,6 +44,6 @@ class ScanResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (arrays dropped)."""
         d = asdict(self)
-        d.pop("heatmap")
-        d.pop("thumbnail")
+        for key in ("heatmap", "thumbnail", "frame_maps", "frame_positions"):
+            d.pop(key)
         return d

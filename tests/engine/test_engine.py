@@ -13,16 +13,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from medforensics.detectors import create_detector
 from medforensics.engine import ScanEngine, ScanInput, content_key
 from medforensics.engine import decode as decode_mod
-
-
-@pytest.fixture(scope="module")
-def det():
-    d = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
-    d.set_threshold(0.5, method="test")
-    return d
 
 
 @pytest.fixture(scope="module")

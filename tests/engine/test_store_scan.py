@@ -23,10 +23,8 @@ N_IMAGES = 12
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
-    det.set_threshold(0.5, method="test")
-    return det.save(tmp_path_factory.mktemp("model") / "tiny")
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 @pytest.fixture()
@@ -106,8 +104,10 @@ SLOW_SCAN = textwrap.dedent("""
         time.sleep(0.4)
         return score(batch)
     det._score_arrays = slow
-    engine = ScanEngine(det, store=ResultStore(url), workers=1, batch_size=1)
-    args = run_args([folder], engine.model_id, threshold=det.threshold, max_frames=16)
+    from medforensics.engine.series import DEFAULT_MAX_SLICES  # what `medforensics scan` uses by default
+
+    engine = ScanEngine(det, store=ResultStore(url), workers=1, batch_size=1, max_frames=DEFAULT_MAX_SLICES)
+    args = run_args([folder], engine.model_id, threshold=det.threshold, max_frames=DEFAULT_MAX_SLICES)
     for res in engine.scan([folder], run_args=args):
         print(res.path, flush=True)
 """)

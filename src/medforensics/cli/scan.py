@@ -8,9 +8,10 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..engine.series import DEFAULT_MAX_SLICES
 from ..eval.calibration import threshold_at_fpr
 from ..eval.report import write_scan_report
-from ..outputs import StreamWriters, result_table
+from ..outputs import StreamWriters, result_table, series_table
 from ..results import ScanResult
 from .common import console, open_model, refuse_overwrite
 
@@ -26,7 +27,12 @@ def scan(
     csv_out: Path | None = typer.Option(None, "--csv", help="Write results as CSV."),
     report: Path | None = typer.Option(None, "--report", help="Write an HTML report with thumbnails and heat-maps "
                                        "(keeps a small thumbnail per file in memory: leave out for huge runs)."),
-    max_frames: int = typer.Option(16, help="Frames/slices scored per multi-frame file or volume."),
+    max_frames: int | None = typer.Option(None, help="Frames scored per multi-frame file or volume, evenly spaced "
+                                          "(default: --max-slices)."),
+    max_slices: int = typer.Option(DEFAULT_MAX_SLICES, "--max-slices", min=2, help="Guard: slices scored per volume / multi-frame "
+                                   "file and analysed per series."),
+    series: bool = typer.Option(True, "--series/--no-series", help="Group DICOM instances by series (NIfTI volumes "
+                                "by file): a verdict and the suspicious 3-D regions per series."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files, and re-scan files the "
                                "results store already holds."),
     db: str | None = typer.Option(None, "--db", envvar="MEDFORENSICS_DB", show_envvar=True,
@@ -67,13 +73,14 @@ def scan(
         raise typer.Exit(2)
     detector = open_model(model)
     tau = resolve_threshold(detector, threshold, fpr)
+    max_frames = max_slices if max_frames is None else max_frames
     store = open_store(db, store_phi) if db else None
     cleanup = contextlib.ExitStack()
     if engine == "ray":
         import importlib.util
 
         if importlib.util.find_spec("ray") is None:
-            console.print("[red]error:[/] --engine ray needs Ray (pip install 'medforensics[ray]')")
+            console.print("[red]error:[/] --engine ray needs Ray (pip install 'medforensics\\[ray]')")
             raise typer.Exit(2)
         from ..distributed.ray_scan import RayScan
 
@@ -87,7 +94,7 @@ def scan(
 
         scan_engine = ScanEngine(detector, threshold=tau, with_maps=report is not None, max_frames=max_frames,
                                  batch_size=batch_size, workers=decode_workers, store=store, force=force,
-                                 source="cli", decode_timeout=decode_timeout)
+                                 source="cli", decode_timeout=decode_timeout, series=series)
         args = run_args(paths, scan_engine.model_id, threshold=tau, max_frames=max_frames)
         results = scan_engine.scan(paths, run_args=args if store is not None else None, resume=resume)
         summary = lambda: scan_engine.summary  # noqa: E731
@@ -95,6 +102,9 @@ def scan(
     info = {"model": model, "detector": detector.name, "threshold": tau,
             "calibration": {k: v for k, v in detector.calibration.items() if k != "real_val_scores"}}
     kept: list[ScanResult] = []  # for the HTML report only (small thumbnails)
+    from ..engine.series import SeriesAggregator
+
+    aggregator = SeriesAggregator(tau, fit=detector.preprocessing.fit, max_slices=max_slices) if series else None
     table_rows: list[ScanResult] = []
     n_files = n_err = n_fake = 0
     with cleanup, StreamWriters(json_out, csv_out, info) as writers, Progress(
@@ -104,6 +114,9 @@ def scan(
         task = bar.add_task("scan", total=None, rate="")
         for res in results:
             writers.write(res)
+            if aggregator is not None:
+                aggregator.add(res)
+            res.frame_maps = None  # kept by the aggregator where needed
             n_files += 1
             n_err += not res.ok
             n_fake += res.verdict == "fake"
@@ -112,9 +125,15 @@ def scan(
             if len(table_rows) < TABLE_ROWS:
                 table_rows.append(res)
             bar.update(task, advance=1, rate=f"{n_files / max(bar.tasks[0].elapsed or 1e-9, 1e-9):.1f} files/s")
+        series_records = aggregator.records() if aggregator is not None else []
+        writers.write_series(series_records)
     console.print(result_table(table_rows))
     if n_files > len(table_rows):
         console.print(f"… {n_files - len(table_rows)} more rows (see --json / --csv / the store)")
+    if series_records:
+        console.print(series_table(series_records))
+        n_sf = sum(r["verdict"] == "fake" for r in series_records)
+        console.print(f"{len(series_records)} series/volumes: {n_sf} flagged fake")
     console.print(f"{n_files} files: {n_fake} flagged fake, {n_files - n_fake - n_err} real, {n_err} errors "
                   f"(model {model}, threshold {tau:.4f})")
     s = summary()
@@ -126,7 +145,8 @@ def scan(
     if csv_out:
         console.print(f"CSV: {csv_out}")
     if report:
-        write_scan_report(kept, report, title="medforensics scan", model_info=info, threshold=tau)
+        write_scan_report(kept, report, title="medforensics scan", model_info=info, threshold=tau,
+                          series=series_records)
         console.print(f"report: {report}")
     if store is not None:
         console.print(f"store: {redact_url(store.url)}")
@@ -143,7 +163,7 @@ def open_store(db: str, store_phi: bool):
         from ..store import ResultStore
     except ModuleNotFoundError as err:
         console.print(f"[red]error:[/] the results store needs sqlalchemy and alembic (pip install "
-                      f"'medforensics[store]'): {err}")
+                      f"'medforensics\\[store]'): {err}")
         raise typer.Exit(2) from None
     try:
         return ResultStore(db, store_phi=store_phi)

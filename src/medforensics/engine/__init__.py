@@ -15,7 +15,7 @@ _EXPORTS = {
     "ScanEngine": ".core", "ScanInput": ".core", "RunSummary": ".core", "THUMBNAIL": ".core",
     "default_workers": ".core", "expand_inputs": ".core", "run_args": ".core",
     "content_key": ".keys", "file_sha256": ".keys", "model_fingerprint": ".keys",
-    "DecodePool": ".decode", "Decoded": ".decode", "StoreRule": ".dedup",
+    "SeriesAggregator": ".series", "DecodePool": ".decode", "Decoded": ".decode", "StoreRule": ".dedup",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -45,6 +45,7 @@ from ..results import ScanResult
 from .decode import DEFAULT_TIMEOUT, Decoded, DecodePool
 from .dedup import StoreRule
 from .keys import model_fingerprint
+from .series import SLICE_MAP
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,8 @@ class ScanEngine:
     :class:`~medforensics.store.ResultStore`) enables de-duplication and recording under
     ``source``; ``on_result(result, decoded) -> dict`` may add store fields (e.g. ``heatmap_path``)
     for each OK result. ``workers`` decode processes (default :func:`default_workers`; 0 = decode in
-    the calling thread, without isolation).
+    the calling thread, without isolation). ``series`` keeps each frame's small evidence map and
+    slice position on the result, for :class:`~medforensics.engine.series.SeriesAggregator`.
     """
 
     def __init__(self, detector: Any, *, threshold: float | None = None, with_maps: bool = False,
@@ -259,10 +261,11 @@ class ScanEngine:
                  force: bool = False, source: str = "cli", model_id: str | None = None,
                  decode_timeout: float = DEFAULT_TIMEOUT, on_result: Callable[..., dict | None] | None = None,
                  max_wait: float = 0.005, window: int | None = None, keys: bool | None = None,
-                 decode_budget: int | None = None, cached_maps: bool = True):
+                 decode_budget: int | None = None, cached_maps: bool = True, series: bool = False):
         self.detector = detector
         self.threshold = float(detector.threshold if threshold is None else threshold)
-        self.with_maps = bool(with_maps)
+        self.series = bool(series)  # keep every frame's small evidence map and position (series.py)
+        self.with_maps = bool(with_maps) or self.series
         self.max_frames = max_frames
         self.batch_size = max(1, int(batch_size))
         self.workers = default_workers() if workers is None else max(0, int(workers))
@@ -313,6 +316,10 @@ class ScanEngine:
             chw = d.arrays[best]  # single-channel models (e.g. btd): H×W, not H×W×1
             res.thumbnail = standardise(chw[0] if chw.shape[0] == 1 else np.moveaxis(chw, 0, -1), THUMBNAIL)
             res.heatmap = None if maps is None else standardise(maps[best], THUMBNAIL)
+        if self.series:
+            res.frame_positions = [m.get("slice_position") for m in d.metas]
+            if maps is not None:
+                res.frame_maps = np.stack([standardise(np.asarray(m, dtype=np.float32), SLICE_MAP) for m in maps])
         return res
 
     # ------------------------------------------------------------------ streaming scan

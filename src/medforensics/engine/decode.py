@@ -22,6 +22,7 @@ in both cases a fresh worker takes over the files that were queued behind it.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing as mp
 import os
@@ -97,14 +98,23 @@ def decode_one(seq: int, path: str, preprocessing: Preprocessing, max_frames: in
     return out
 
 
+#: per-frame facts lifted from ``ImageMeta.extra`` into a result's metadata (series ordering needs them)
+LIFTED_EXTRA = ("slice_position", "instance_number")
+
+
 def _meta_dict(image: Any) -> dict[str, Any]:
-    return {k: v for k, v in image.meta.to_dict().items() if k not in ("extra", "path") and v not in (None, "", ())}
+    meta = image.meta.to_dict()
+    out = {k: v for k, v in meta.items() if k not in ("extra", "path") and v not in (None, "", ())}
+    extra = meta.get("extra") or {}
+    out.update({k: extra[k] for k in LIFTED_EXTRA if extra.get(k) is not None})
+    return out
 
 
 # --------------------------------------------------------------------------- worker process
 def _worker_main(tasks: Connection, results: Connection, pre: dict[str, Any], max_frames: int | None,
                  want_key: bool, decode_budget: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    faulthandler.disable()  # a decoder's segfault is reported by the parent, by file name, not as a dump
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     preprocessing = Preprocessing.from_dict(pre)
     while True:

@@ -227,8 +227,13 @@ def write_scan_report(
     cmap: str = "inferno",
     alpha: float = 0.45,
     max_frames: int = 200,
+    series: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write a self-contained HTML scan report and return its path.
+
+    ``series`` (records of :class:`medforensics.engine.series.SeriesAggregator`) adds a section
+    per series: its verdict and a strip of the slices around its most suspicious region, with the
+    region drawn on each slice that it spans.
 
     ``threshold`` may be a number or a :func:`~medforensics.eval.calibration.calibrate` dict
     (whose target/achieved FPR is then described); ``threshold_note`` overrides the description
@@ -249,7 +254,57 @@ def write_scan_report(
         "threshold_note": note,
     }
     info = [(str(k), _fmt(v) if isinstance(v, float) else str(v)) for k, v in model_info.items()]
-    return _render("scan_report.html.j2", path, title=title, summary=summary, model_info=info, rows=rows)
+    thumbs = {r.path: r.thumbnail for r in results if r.thumbnail is not None and not r.frames}
+    series_rows = [_series_row(rec, thumbs) for rec in series]
+    return _render("scan_report.html.j2", path, title=title, summary=summary, model_info=info, rows=rows,
+                   series=series_rows)
+
+
+STRIP_SLICES = 9
+
+
+def series_strip(record: Mapping[str, Any], thumbs: Mapping[str, Any], n: int = STRIP_SLICES) -> NDArray[np.uint8] | None:
+    """Up to ``n`` slice thumbnails around the series' top region, side by side, the region circled in red."""
+    from PIL import Image, ImageDraw
+
+    slices = record.get("slices") or []
+    regions = record.get("regions") or []
+    if not slices:
+        return None
+    if regions:
+        top = regions[0]
+        centre = (top["first_slice"] + top["last_slice"]) // 2
+    else:
+        top, centre = None, int(np.argmax(record.get("slice_scores") or [0]))
+    lo = max(0, min(centre - n // 2, len(slices) - n))
+    tiles = []
+    for k in range(lo, min(len(slices), lo + n)):
+        thumb = thumbs.get(slices[k]["path"]) if slices[k].get("frame") is None else None
+        rgb = _to_rgb_uint8(thumb) if thumb is not None else np.full((THUMB_SIZE, THUMB_SIZE, 3), 40, np.uint8)
+        tile = Image.fromarray(_thumbnail(rgb))
+        draw = ImageDraw.Draw(tile)
+        side = tile.size[0]
+        if top is not None and top["first_slice"] <= k <= top["last_slice"]:
+            fy, fx, fr = top["input_yxr"]
+            r = max(3.0, fr * side)
+            draw.ellipse([fx * side - r, fy * side - r, fx * side + r, fy * side + r], outline=(255, 40, 40), width=2)
+        draw.text((3, 2), str(k), fill=(255, 255, 0))
+        tiles.append(np.asarray(tile))
+    return np.concatenate(tiles, axis=1)
+
+
+def _series_row(record: Mapping[str, Any], thumbs: Mapping[str, Any]) -> dict[str, Any]:
+    strip = series_strip(record, thumbs)
+    verdict = record.get("verdict") or "error"
+    return {
+        "uid": record.get("series_uid") or record.get("key"), "modality": record.get("modality") or "",
+        "n_slices": record.get("n_slices"), "score": _fmt(record.get("score")), "verdict": verdict,
+        "verdict_class": verdict, "strip_uri": None if strip is None else array_to_data_uri(strip),
+        "regions": [f"slices {r['first_slice']}–{r['last_slice']}, centre (y {r['y']:.0f}, x {r['x']:.0f}), "
+                    f"radius {r['radius']:.0f} px, evidence {r['score']:.3f}" for r in record.get("regions") or []][:5],
+        "findings": [f.get("message", str(f)) if isinstance(f, Mapping) else str(f)
+                     for f in record.get("findings") or []],
+    }
 
 
 # ---------------------------------------------------------------- evaluation report

@@ -62,6 +62,7 @@ class StreamWriters:
         self._csv_fh: TextIO | None = None
         self._csv: Any = None
         self._first = True
+        self.series: list[dict[str, Any]] = []  # per-series records, written after the results
 
     def __enter__(self) -> StreamWriters:
         if self.json_out:
@@ -83,9 +84,16 @@ class StreamWriters:
         if self._csv is not None:
             self._csv.writerow(csv_row(getattr(r, k) for k in FIELDS))
 
+    def write_series(self, records: Iterable[dict[str, Any]]) -> None:
+        """Per-series records (JSON ``series`` list), written when the writers close."""
+        self.series.extend(records)
+
     def __exit__(self, exc_type: Any, *_exc: object) -> None:
         if self._json is not None:
-            self._json.write("\n  ]\n}\n")
+            self._json.write("\n  ]")
+            if self.series:
+                self._json.write(',\n  "series": ' + json.dumps(self.series, indent=2, default=str).replace("\n", "\n  "))
+            self._json.write("\n}\n")
             self._json.close()
         if self._csv_fh is not None:
             self._csv_fh.close()
@@ -96,10 +104,12 @@ class StreamWriters:
                 _partial(target).unlink(missing_ok=True)
 
 
-def write_json(results: Iterable[ScanResult], path: Path, info: dict[str, Any]) -> None:
+def write_json(results: Iterable[ScanResult], path: Path, info: dict[str, Any],
+               series: Iterable[dict[str, Any]] = ()) -> None:
     with StreamWriters(path, None, info) as w:
         for r in results:
             w.write(r)
+        w.write_series(series)
 
 
 def write_csv(results: Iterable[ScanResult], path: Path) -> None:
@@ -121,4 +131,21 @@ def result_table(results: Iterable[ScanResult]):
     return table
 
 
-__all__ = ["FIELDS", "StreamWriters", "csv_row", "csv_safe", "result_record", "result_table", "write_csv", "write_json"]
+def series_table(records: Iterable[dict[str, Any]]):
+    """A rich table of series verdicts and their top region."""
+    from rich.table import Table
+
+    table = Table(show_lines=False, title="series")
+    for col in ("series", "modality", "slices", "score", "verdict", "top region (slices, y, x, radius)"):
+        table.add_column(col, overflow="fold")
+    for s in records:
+        verdict = {"fake": "[bold red]fake[/]", "real": "[green]real[/]"}.get(s.get("verdict") or "", "")
+        regions = s.get("regions") or []
+        top = (f"{regions[0]['first_slice']}–{regions[0]['last_slice']}, {regions[0]['y']:.0f}, {regions[0]['x']:.0f}, "
+               f"{regions[0]['radius']:.0f}" + (f" (+{len(regions) - 1})" if len(regions) > 1 else "")) if regions else ""
+        table.add_row(str(s.get("series_uid") or s.get("key")), s.get("modality") or "", str(s.get("n_slices")),
+                      f"{s['score']:.4f}", verdict, top)
+    return table
+
+
+__all__ = ["series_table", "FIELDS", "StreamWriters", "csv_row", "csv_safe", "result_record", "result_table", "write_csv", "write_json"]
