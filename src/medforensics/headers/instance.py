@@ -337,6 +337,7 @@ def pixel_statistics(ds: Dataset) -> dict[str, Any] | None:
         bits_used = max(smax.bit_length(), (-smin - 1).bit_length() if smin < 0 else 0) + (1 if smin < 0 else 0)
     else:
         bits_used = (-smin - 1).bit_length() + 1
+    beyond = _bits_beyond_stored(ds, rows * cols)
     params = _rescale(ds)
     values = raw.astype(np.float64)
     if params is not None:
@@ -369,20 +370,45 @@ def pixel_statistics(ds: Dataset) -> dict[str, Any] | None:
         "bits_used": int(bits_used),
         "padding_fraction": float(1.0 - valid.mean()),
         "rescaled": params is not None,
+        "beyond_bits_stored": beyond,
     }
+
+
+def _bits_beyond_stored(ds: Dataset, n: int) -> tuple[int, int] | None:
+    """(min, max) of the first frame's stored values read WITHOUT masking to BitsStored, when
+    some fall outside the BitsStored range (pydicom masks them away), else ``None``.
+
+    Only for native (uncompressed) 8/16/32-bit grey data.
+    """
+    meta = getattr(ds, "file_meta", None)
+    ts = UID(str(meta.TransferSyntaxUID)) if meta is not None and meta.get("TransferSyntaxUID") else None
+    alloc, stored, rep = _int(ds, "BitsAllocated"), _int(ds, "BitsStored"), _int(ds, "PixelRepresentation") or 0
+    if ts is None or ts.is_encapsulated or ts == "1.2.840.10008.1.2.1.99" or alloc not in (8, 16, 32):
+        return None
+    if not stored or stored >= alloc:
+        return None
+    data = ds.PixelData
+    size = alloc // 8
+    if len(data) < n * size:
+        return None
+    dtype = np.dtype(f"{'<' if ts.is_little_endian else '>'}{'i' if rep == 1 else 'u'}{size}")
+    arr = np.frombuffer(data, dtype=dtype, count=n).astype(np.int64)
+    lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if rep == 1 else (0, (1 << stored) - 1)
+    amin, amax = int(arr.min()), int(arr.max())
+    return (amin, amax) if amin < lo or amax > hi else None
 
 
 def _pixel_rules(ds: Dataset, stats: dict[str, Any], sop_class: str) -> list[Finding]:
     out: list[Finding] = []
     stored, rep = _int(ds, "BitsStored"), _int(ds, "PixelRepresentation") or 0
-    if stored:
+    if stored and stats.get("beyond_bits_stored"):
         lo, hi = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if rep == 1 else (0, (1 << stored) - 1)
-        if stats["stored_min"] < lo or stats["stored_max"] > hi:
-            out.append(Finding("pixel_values_exceed_bits_stored", "medium",
-                               f"Stored pixel values {stats['stored_min']}…{stats['stored_max']} do not fit "
-                               f"BitsStored {stored} (range {lo}…{hi}).",
-                               {"stored_min": stats["stored_min"], "stored_max": stats["stored_max"],
-                                "bits_stored": stored, "pixel_representation": rep}))
+        smin, smax = stats["beyond_bits_stored"]
+        out.append(Finding("pixel_values_exceed_bits_stored", "medium",
+                           f"Stored pixel values {smin}…{smax} do not fit BitsStored {stored} (range {lo}…{hi}): "
+                           "the pixels were written by something that ignored the header.",
+                           {"stored_min": smin, "stored_max": smax, "bits_stored": stored,
+                            "pixel_representation": rep}))
     modality = _text(ds, "Modality").upper()
     image_type = _text(ds, "ImageType").upper()
     is_sc = sop_class.startswith(SECONDARY_CAPTURE_PREFIX) or modality in ("OT", "SC")
