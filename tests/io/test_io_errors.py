@@ -160,3 +160,14 @@ def test_other_base_exceptions_from_any_reader_are_reported(tmp_path, monkeypatc
     monkeypatch.setattr(walk_mod, "read_raster", crash)
     with pytest.raises(UnreadableImageError, match="pixel decoder crashed.*NativeCrash: boom"):
         load(path)
+
+
+def test_absurd_number_of_frames_is_a_named_error(pyd, tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(pyd / "MR_small.dcm")
+    ds.NumberOfFrames = "1e308"
+    path = tmp_path / "frames.dcm"
+    ds.save_as(path)
+    with pytest.raises(UnreadableImageError, match="invalid DICOM image pixel module"):
+        load(path)

@@ -109,3 +109,13 @@ def test_dataset_reads_through_the_preprocessing_chain(pyd: Path, tmp_path: Path
     np.testing.assert_array_equal(item["image"].numpy(), arrays[0])
     with pytest.raises(ValueError, match="preprocessing.intensity"):
         ImageDataset([row], pre, intensity=IntensityConfig())
+
+
+def test_shipped_model_configs_load_with_the_default_intensity():
+    import medforensics.detectors as det_pkg
+
+    configs = sorted(Path(det_pkg.__file__).parent.joinpath("weights").glob("*/config.json"))
+    assert configs
+    for cfg in configs:
+        pre = Preprocessing.from_dict(json.loads(cfg.read_text())["preprocessing"])
+        assert pre.intensity == IntensityConfig(), cfg

@@ -406,7 +406,7 @@ def _header_dims(ds: Dataset) -> tuple[int, int, int, int, int] | None:
         n = int(ds.get("NumberOfFrames") or 1)
         spp = int(ds.get("SamplesPerPixel") or 1)
         bits = int(ds.get("BitsAllocated") or 8)
-    except (AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError, OverflowError):
         return None
     if min(rows, cols, n, spp, bits) <= 0:
         return None
@@ -497,7 +497,7 @@ def read_dicom(
         n = int(ds.get("NumberOfFrames") or 1)
         spp = int(ds.get("SamplesPerPixel") or 1)
         bits = int(ds.get("BitsStored") or ds.BitsAllocated)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. NumberOfFrames "1e308"
         raise UnreadableImageError(path, f"invalid DICOM image pixel module: {exc}") from exc
     check_frame_size(path, rows, cols)
     indices = select(n)
