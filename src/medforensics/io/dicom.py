@@ -35,7 +35,7 @@ from pydicom.uid import (
 
 from .budget import FLOAT32, FLOAT64, DecodeCost, current_budget, human_bytes, shape_text
 from .intensity import IntensityConfig, canonical_modality, normalise_stack, pools_frames
-from .raster import check_frame_size, check_total_size
+from .raster import MAX_TOTAL_PIXELS, check_frame_size, check_total_size
 from .files import open_regular
 from .types import ImageMeta, MedImage, UnreadableImageError, reraise_fatal
 
@@ -499,6 +499,8 @@ def read_dicom(
         bits = int(ds.get("BitsStored") or ds.BitsAllocated)
     except (TypeError, ValueError, OverflowError) as exc:  # e.g. NumberOfFrames "1e308"
         raise UnreadableImageError(path, f"invalid DICOM image pixel module: {exc}") from exc
+    if not 1 <= n <= MAX_TOTAL_PIXELS:
+        raise UnreadableImageError(path, f"invalid DICOM image pixel module: NumberOfFrames {n}")
     check_frame_size(path, rows, cols)
     indices = select(n)
     project = canonical_modality(modality) if modality is not None else map_modality(dicom_modality)
