@@ -363,3 +363,21 @@ def test_dicom_listen_rejects_a_bad_allow_list_entry(detector, tmp_path):
                                    "--calling-aet", "PACS1", "--allow-peer", "10.0.0.0/8", "--allow-peer", "10.0.0.300"])
     assert res.exit_code == 2
     assert "not an IP address or network: '10.0.0.300'" in " ".join(res.output.split())
+
+
+def test_a_port_in_use_fails_before_anything_starts(detector, tmp_path):
+    from sqlalchemy import select
+
+    from medforensics.store.models import Run
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'rx.db'}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        rx = DicomReceiver(detector, store, spool_dir=tmp_path / "spool")
+        with pytest.raises(OSError):
+            rx.start("127.0.0.1", busy.getsockname()[1])
+    assert rx.engine is None and rx.run_id is None
+    with store.session() as s:
+        assert list(s.scalars(select(Run))) == []  # no run left "running"
+    store.close()

@@ -87,6 +87,7 @@ class ReceiverStats:
     spooled: int = 0  # acknowledged (0x0000) and written to the spool
     resumed: int = 0  # found in the spool on start (from an earlier run)
     scored: int = 0  # decoded and scored
+    ok: int = 0  # recorded with a score (freshly scored or answered from the store)
     cached: int = 0  # answered from the store (same content key, same model)
     errors: int = 0  # recorded with an error (undecodable pixels, unparsable data set, over budget)
     refused: int = 0  # over the decode budget (0xA700)
@@ -101,7 +102,7 @@ class ReceiverStats:
                 setattr(self, key, getattr(self, key) + value)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("received", "spooled", "resumed", "scored", "cached", "errors",
+        return {k: getattr(self, k) for k in ("received", "spooled", "resumed", "scored", "ok", "cached", "errors",
                                              "refused", "failed", "flagged", "echoes")}
 
 
@@ -232,6 +233,11 @@ class DicomReceiver:
         from ..engine import ScanEngine
         from ..engine.dedup import StoreRule
 
+        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
+                    (evt.EVT_ABORTED, self._on_abort)]
+        server_class, handler_class = self._server_classes()
+        server = self.ae.make_server((host, port), evt_handlers=handlers, server_class=server_class,
+                                     request_handler=handler_class)  # binds (OSError) before anything starts
         self._started = time.perf_counter()
         if self.store is not None and self.run_id is None:
             self.run_id = self.store.start_run("dicom", {"ae_title": self.ae_title, "port": port,
@@ -249,13 +255,9 @@ class DicomReceiver:
         for path in left:
             self.stats.add(resumed=1)
             self._enqueue(path, None)
-        handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
-                    (evt.EVT_ABORTED, self._on_abort)]
-        server_class, handler_class = self._server_classes()
-        self.server = self.ae.make_server((host, port), evt_handlers=handlers, server_class=server_class,
-                                          request_handler=handler_class)
-        self.ae._servers.append(self.server)
-        log.info("DICOM receiver %s listening on %s:%s", self.ae_title, host, self.server.server_address[1])
+        self.server = server
+        self.ae._servers.append(server)
+        log.info("DICOM receiver %s listening on %s:%s", self.ae_title, host, server.server_address[1])
         if block:
             try:
                 self.server.serve_forever()
@@ -301,7 +303,7 @@ class DicomReceiver:
             seconds = time.perf_counter() - self._started
             s = self.stats
             try:
-                self.store.finish_run(self.run_id, n_ok=s.scored + s.cached - s.errors, n_error=s.errors + s.failed,
+                self.store.finish_run(self.run_id, n_ok=s.ok, n_error=s.errors + s.failed,
                                       n_cached=s.cached, seconds=seconds,
                                       images_per_s=s.scored / seconds if seconds > 0 else 0.0)
             except Exception as err:
@@ -486,10 +488,10 @@ class DicomReceiver:
                 return
             self.spool.remove(inst.path, keep_in=self.keep_dir)
             if result.cached:
-                self.stats.add(cached=1)
+                self.stats.add(cached=1, ok=result.ok)
                 log.info("instance %s already recorded (%s)", inst.sop_instance_uid, result.scan_id)
                 return
-            self.stats.add(scored=result.ok, errors=not result.ok, flagged=result.verdict == "fake")
+            self.stats.add(scored=result.ok, ok=result.ok, errors=not result.ok, flagged=result.verdict == "fake")
             log.info("instance %s (%s): %s", inst.sop_instance_uid, result.modality or "?",
                      f"{result.verdict} score={result.score:.4f}" if result.ok else f"error: {result.error}")
             rec = self.store.get(result.scan_id) if self.store is not None else None
