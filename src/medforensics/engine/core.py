@@ -78,7 +78,7 @@ def expand_inputs(paths: Iterable[str | Path | ScanInput]) -> Iterator[ScanInput
     A path that cannot be walked (missing, unreadable folder, dangling link) becomes an input with
     ``error`` set: it is reported and the walk goes on.
     """
-    from ..io.walk import _entries as iter_entries  # TODO public name
+    from ..io import iter_entries
 
     for raw in paths:
         if isinstance(raw, ScanInput):

@@ -66,7 +66,7 @@ class Decoded:
 def decode_one(seq: int, path: str, preprocessing: Preprocessing, max_frames: int | None,
                want_key: bool, decode_budget: int | None = None) -> Decoded:
     """Load, preprocess and (optionally) key one file; every failure becomes ``Decoded.error``."""
-    from ..io.walk import _check_file as check_regular_file  # TODO public name
+    from ..io import check_regular_file
     from .keys import content_key, file_sha256
 
     out = Decoded(seq=seq, path=path)
@@ -91,7 +91,6 @@ def decode_one(seq: int, path: str, preprocessing: Preprocessing, max_frames: in
         out.arrays, out.metas = None, []
         if want_key and out.key is None:
             try:  # a regular file that fails still has an identity (its bytes), so the store can answer it
-                check_regular_file(p)
                 out.key = file_sha256(p)
             except (UnreadableImageError, OSError):
                 out.key = None

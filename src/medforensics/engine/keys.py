@@ -29,14 +29,17 @@ DICOM_KEY_VERSION = b"medforensics-dicom-pixels-v1"
 def file_sha256(data: str | os.PathLike | bytes | bytearray | memoryview) -> str:
     """SHA-256 hex digest of a file's content (path given) or of ``bytes`` (streamed, constant memory).
 
-    The file must be a regular file (check with :func:`medforensics.io.check_regular_file` first:
-    hashing a FIFO or a device would never end). Raises ``OSError`` when it cannot be read.
+    A path is opened with :func:`medforensics.io.files.open_regular` (hashing a FIFO or a device
+    would never end): a special file raises :class:`~medforensics.io.UnreadableImageError`;
+    ``OSError`` when it cannot be read.
     """
+    from ..io.files import open_regular
+
     h = hashlib.sha256()
     if isinstance(data, (bytes, bytearray, memoryview)):
         h.update(data)
         return h.hexdigest()
-    with open(Path(data), "rb") as fh:
+    with open_regular(Path(data)) as fh:
         while chunk := fh.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
@@ -69,8 +72,7 @@ def content_key(path: str | Path) -> str:
     Raises :class:`medforensics.io.UnreadableImageError` for a path that is not a readable regular
     file. A DICOM file whose pixels cannot be decoded falls back to its byte hash.
     """
-    from ..io import UnreadableImageError, sniff_format
-    from ..io.walk import _check_file as check_regular_file  # TODO public name
+    from ..io import UnreadableImageError, check_regular_file, sniff_format
 
     p = Path(path)
     check_regular_file(p)
@@ -83,6 +85,8 @@ def content_key(path: str | Path) -> str:
         pass
     try:
         return file_sha256(p)
+    except UnreadableImageError:
+        raise
     except OSError as exc:
         raise UnreadableImageError(p, f"cannot read file: {exc.strerror or exc}") from exc
 
