@@ -262,8 +262,12 @@ def test_acknowledged_instances_survive_a_crash_and_are_scored_once(detector, tm
     uids = [f"1.2.826.0.1.3680043.8.498.11{i}" for i in range(3)]
     proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_RECEIVER, str(model), url, str(spool)],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    watchdog = threading.Timer(300, os.killpg, args=(proc.pid, signal.SIGKILL))  # never hang the suite
+    watchdog.start()
     try:
-        port = int(proc.stdout.readline())
+        line = proc.stdout.readline()
+        assert line.strip().isdigit(), f"the receiver did not start: {line!r}"
+        port = int(line)
         statuses = _send(port, *(pydicom.dcmread(_ct(tmp_path, uid)) for uid in uids))
         assert [s.Status for s in statuses] == [0, 0, 0]  # acknowledged before any scoring
         spooled = sorted(spool.glob("*.dcm"))
@@ -274,6 +278,7 @@ def test_acknowledged_instances_survive_a_crash_and_are_scored_once(detector, tm
         copy = tmp_path / "copy.dcm"
         shutil.copy(spooled[0], copy)
     finally:
+        watchdog.cancel()
         os.killpg(proc.pid, signal.SIGKILL)  # the receiver dies with three unscored instances
         proc.wait(30)
     store = ResultStore(url)
