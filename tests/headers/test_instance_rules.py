@@ -117,7 +117,10 @@ def test_score_is_a_noisy_or_of_weights():
         Finding("z", "critical", "m")
 
 
-@pytest.mark.parametrize("content", [b"", b"not dicom at all" * 20, b"\0" * 128 + b"DICM" + b"\xff" * 40])
+@pytest.mark.parametrize("content", [
+    b"", b"not dicom at all" * 20, b"\0" * 128 + b"DICM" + b"\xff" * 40,
+    b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff",  # meta cut inside its first element
+])
 def test_bad_files_give_a_finding_not_an_exception(tmp_path, content, ct_small):
     path = tmp_path / "bad.dcm"
     path.write_bytes(content)
@@ -149,3 +152,25 @@ def test_report_is_json_ready(tmp_path, ct_small):
     d = inspect_instance(_save(ds, tmp_path)).to_dict()
     assert json.loads(json.dumps(d))["findings"][0]["code"] == "missing_type2_attribute"
     assert 0 < d["header_score"] < 0.5
+
+
+def test_malformed_values_become_findings_not_exceptions(tmp_path, ct_small):
+    path = _save(ct_small, tmp_path)
+    raw = path.read_bytes()
+    ipp = b"-158.135803\\-179.035797\\-75.699997"
+    assert raw.count(ipp) == 1
+    path.write_bytes(raw.replace(ipp, b"abc" + b"x" * (len(ipp) - 3)))  # same length, not numbers
+    report = inspect_instance(path)
+    assert report.error is None
+    assert report.facts["position"] is None  # unusable, so the series rules order by InstanceNumber
+    assert {f.code for f in report.findings} <= {"malformed_attribute", "missing_type1_attribute"}
+
+
+def test_series_with_an_unreadable_member_still_reports(ct_series):
+    from medforensics.headers import inspect_series
+
+    ct_series[1].write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff")
+    series = inspect_series(ct_series)
+    assert [r.error is not None for r in series.instances].count(True) == 1
+    assert series.instances[-1].path == str(ct_series[1])  # unreadable ones come last
+    assert series.flagged()

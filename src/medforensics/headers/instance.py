@@ -529,6 +529,10 @@ def inspect_instance(path: str | Path, *, pixels: bool = True) -> InstanceReport
         raise
     except Exception as exc:
         return _unreadable(p, f"{type(exc).__name__}: {exc}")
+    meta = getattr(ds, "file_meta", None)
+    if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "PixelData", "Rows")) and not (
+            meta is not None and meta.get("MediaStorageSOPClassUID")):
+        return _unreadable(p, "the DICOM file holds no data set (no SOP class or instance, no image)")
     return inspect_dataset(ds, str(p), magic=magic, encoding_notes=notes, pixels=pixels)
 
 
