@@ -41,8 +41,9 @@ def dicom_listen(
     keep_spooled: bool = typer.Option(False, "--keep-spooled",
                                       help="Keep scored instances (in <spool>/done) instead of deleting them."),
     decode_budget_mb: int = typer.Option(4096, "--decode-budget-mb", min=1,
-                                         help="Memory (MiB) all decodes in progress may need together; an "
-                                              "instance needing more is refused."),
+                                         help="Memory (MiB) the instances in progress may need together "
+                                              "(estimated from their headers); an instance needing more than "
+                                              "this or MEDFORENSICS_DECODE_BUDGET is refused."),
     max_decodes: int = typer.Option(2, "--max-decodes", min=1, help="Decodes at once (decode worker processes)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every instance (UIDs only, no PHI)."),
 ) -> None:
