@@ -136,8 +136,9 @@ def test_calling_ae_and_peer_allow_lists(detector, tmp_path):
     store = ResultStore(f"sqlite:///{tmp_path / 'rx.db'}")
     ds = pydicom.dcmread(_ct(tmp_path, "1.2.826.0.1.3680043.8.498.103"))
     with DicomReceiver(detector, store, max_frames=1, spool_dir=tmp_path / "spool", calling_aets=["GOODSCU"],
-                       allowed_peers=["127.0.0.1/32", "::1"]) as rx:
+                       allowed_peers=["127.0.0.1/32", "::1"], max_decodes=1) as rx:
         rx.start("127.0.0.1", 0)
+        assert rx.engine.workers == 1  # one decode process: one decode at a time
         assert _send(rx.port, ds, ae_title="BADSCU") == []  # A-ASSOCIATE-RJ: calling AE not recognised
         assert _send(rx.port, ds, ae_title="GOODSCU", bind="127.0.0.2") == []  # address not allowed
         assert rx.gate.refused_address == 1
