@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -135,9 +136,8 @@ def _dicom_header_edit(data: bytes, rng: np.random.Generator) -> tuple[bytes, st
     import pydicom
     from pydicom.filebase import DicomBytesIO
 
-    with_warnings = __import__("warnings")
-    with with_warnings.catch_warnings():
-        with_warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         ds = pydicom.dcmread(io.BytesIO(data))
         keyword = str(rng.choice(["Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "SamplesPerPixel",
                                   "NumberOfFrames", "PixelRepresentation", "PhotometricInterpretation",
@@ -260,8 +260,6 @@ def _classify_reason(reason: str) -> str:
 
 def _child() -> None:  # pragma: no cover - runs in the child process
     """Read paths from stdin; for each, print ``start`` then the outcome, as JSON lines."""
-    import warnings
-
     warnings.simplefilter("ignore")
     os.environ.setdefault("RUST_BACKTRACE", "0")
     from medforensics.io import UnreadableImageError, load_frames
