@@ -148,9 +148,79 @@ def sample(
     console.print(f"{len(man)} images → {out}; manifest → {manifest_path}")
 
 
+def align(
+    real_manifest: Path = typer.Argument(..., help="Manifest CSV/Parquet whose real rows are aligned."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the fakes and manifest.csv (a run there resumes)."),
+    transforms: str = typer.Option(..., "--transforms", "-t", help="Comma-separated: ae:<registry name>, "
+                                   "ddpm-1step, ddpm-ddim<k> (e.g. ae:ae-pixelshuffle-s4-kl-w32,ddpm-1step)."),
+    per_real: int = typer.Option(1, "--per-real", help="Fakes per real and transform (variant k shifts the tile "
+                                 "grid by 8k px and reseeds)."),
+    train_steps: int = typer.Option(1000, "--train-steps", help="Training steps of each model that is not in --models."),
+    models: Path | None = typer.Option(None, "--models", help="Model folder: <name>/ and ddpm/ found there are "
+                                       "loaded, missing ones are trained and saved there (default OUT/models)."),
+    match: str = typer.Option("sharpness", help="Match each fake to its real: sharpness (mean |Laplacian|), "
+                              "spectrum (radial power spectrum) or none."),
+    split: str | None = typer.Option(None, help="Only align reals of this split (default: all; models always "
+                                     "train on the train split)."),
+    modality: str | None = typer.Option(None, help="Only align reals of this modality."),
+    limit: int | None = typer.Option(None, help="Align at most this many reals (the first ones)."),
+    ddpm_t: int = typer.Option(10, "--ddpm-t", help="Timestep the diffusion round trips noise to."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Training batch size."),
+    seed: int = typer.Option(0, help="Seed of training crops and of the stochastic round trips."),
+    split_seed: int = typer.Option(0, help="Seed of the patient-level split when the manifest has none."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Make aligned fakes FROM real images: same content, size, bit depth; only a decoder's trace differs."""
+    from ..data import Manifest, patient_split
+    from ..synth.aligned import build_transforms, load_real_images, make_aligned_set
+
+    try:
+        m = Manifest.read(real_manifest)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    if any(not r.split for r in m.filter(label="real")):
+        m = patient_split(m, seed=split_seed)
+    crit = {"label": "real", **({"modality": modality.strip().lower()} if modality else {})}
+    reals = m.filter(**crit)
+    if split:
+        reals = reals.filter(split=split)
+    if limit is not None:
+        reals = reals[: max(0, limit)]
+    if not len(reals):
+        console.print(f"[red]error:[/] no real rows in {real_manifest} match {crit}" + (f", split {split!r}" if split else ""))
+        raise typer.Exit(2)
+    specs = [s.strip() for s in transforms.split(",") if s.strip()]
+
+    def train_images():
+        rows = m.filter(label="real", split="train", **({"modality": crit["modality"]} if modality else {}))
+        images, errors = load_real_images(rows)
+        if errors:
+            console.print(f"[yellow]warning:[/] {len(errors)} training real(s) unreadable, e.g. {errors[0]}")
+        return images
+
+    try:
+        built = build_transforms(specs, models or out / "models", train_images, train_steps=train_steps,
+                                 batch_size=batch_size, ddpm_t=ddpm_t, seed=seed, progress=progress,
+                                 log=console.print)
+        fakes, errors, counts = make_aligned_set(reals, out, built, per_real=per_real, match=match, seed=seed,
+                                                 progress=progress)
+    except (ValueError, KeyError, FileExistsError, ImportError) as err:
+        console.print(f"[red]error:[/] {err.args[0] if err.args else err}")
+        raise typer.Exit(2) from None
+    for e in errors[:10]:
+        console.print(f"[yellow]skipped:[/] {e}")
+    if len(errors) > 10:
+        console.print(f"[yellow]… and {len(errors) - 10} more skipped[/]")
+    console.print(json.dumps({"reals": len(reals), "transforms": specs, "written": counts["written"],
+                              "skipped_done": counts["skipped"], "errors": len(errors), "fakes": len(fakes)}))
+    console.print(f"{len(fakes)} aligned fakes → {out}; manifest → {out / 'manifest.csv'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``synth`` command group to the main app."""
     synth_app = typer.Typer(no_args_is_help=True, help="Train generative models on real images and sample fakes.")
     synth_app.command("train")(train)
     synth_app.command("sample")(sample)
+    synth_app.command("align")(align)
     app.add_typer(synth_app, name="synth")
