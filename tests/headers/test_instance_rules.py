@@ -174,3 +174,4 @@ def test_series_with_an_unreadable_member_still_reports(ct_series):
     assert [r.error is not None for r in series.instances].count(True) == 1
     assert series.instances[-1].path == str(ct_series[1])  # unreadable ones come last
     assert series.flagged()
+

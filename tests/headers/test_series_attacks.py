@@ -115,6 +115,9 @@ def test_slice_with_a_different_noise_floor_is_flagged(ct_series):
     assert hit.flagged()
     assert not any(f.code == "noise_floor_outlier" for r in series.instances if r.path != str(target)
                    for f in r.all_findings)
+    import json
+
+    assert json.loads(json.dumps(series.to_dict()))["header_score"] == series.score
 
 
 def test_duplicate_position_and_instance_number_out_of_order(ct_series):

@@ -331,6 +331,11 @@ def pixel_statistics(ds: Dataset) -> dict[str, Any] | None:
     stored = raw.astype(np.int64, copy=False)
     smin, smax = int(stored.min()), int(stored.max())
     pad = _int(ds, "PixelPaddingValue")
+    alloc, rep = _int(ds, "BitsAllocated") or 16, _int(ds, "PixelRepresentation") or 0
+    if pad is not None and rep == 1 and pad >= 1 << (alloc - 1):
+        pad -= 1 << alloc  # written as the unsigned bit pattern (e.g. GE's 63536 for -2000)
+    elif pad is not None and rep == 0 and pad < 0:
+        pad += 1 << alloc
     pad_value = pad if pad is not None else smin
     valid = stored != pad_value
     if smax >= 0:
