@@ -4,8 +4,9 @@ One run prints side by side, and writes as JSON and a Markdown table:
 
 - **decode limit**: files/s of decoding + preprocessing alone, through the engine's decode workers
   (what the machine can read; the scan cannot be faster);
-- **scan, end to end**: the engine (``medforensics scan``'s path) over files on disk, score +
-  heat-map, results streamed to a JSON file, start-up (model load, worker start) excluded — for the
+- **scan, end to end**: the engine (``medforensics scan``'s path: series mode and DICOM header
+  forensics on, as the CLI runs by default) over files on disk, score + heat-map, results streamed
+  to a JSON file, start-up (model load, worker start) excluded — for the
   default model on 256×256 PNGs and on 512×512 CT DICOMs, and for ``btd-ct`` on the CT DICOMs;
   the ratio scan / decode limit;
 - **peak RSS** of the scanning process and its decode workers at 1k and 10k files (must be flat);
@@ -70,13 +71,14 @@ def peak_rss_mib_with_children() -> float:
 
 
 # --------------------------------------------------------------------------- child measurements
-def child_decode(folder: Path, workers: int) -> dict:
+def child_decode(folder: Path, workers: int, headers: bool) -> dict:
     from medforensics.detectors import load_detector
     from medforensics.engine import DecodePool, expand_inputs
+    from medforensics.engine.decode import DecodeOptions
 
     det = load_detector("default")
     files = [i.path for i in expand_inputs([folder])]
-    with DecodePool(det.preprocessing, workers=workers, max_frames=16) as pool:
+    with DecodePool(det.preprocessing, DecodeOptions(max_frames=16, headers=headers), workers=workers) as pool:
         pool.submit(-1, files[0])
         pool.get(timeout=60)  # warm-up: workers started
         t0 = time.perf_counter()
@@ -90,7 +92,7 @@ def child_decode(folder: Path, workers: int) -> dict:
                 errors += d.error is not None
         dt = time.perf_counter() - t0
     return {"files": len(files), "errors": errors, "seconds": round(dt, 2), "files_per_s": round(len(files) / dt, 1),
-            "decode_workers": workers}
+            "decode_workers": workers, "header_forensics": headers}
 
 
 def child_scan(folder: Path, model: str, workers: int | None, batch: int, maps: bool) -> dict:
@@ -100,7 +102,7 @@ def child_scan(folder: Path, model: str, workers: int | None, batch: int, maps: 
 
     det = load_detector(model)
     out = Path(tempfile.mkdtemp()) / "scan.json"
-    with ScanEngine(det, with_maps=maps, workers=workers, batch_size=batch) as engine:
+    with ScanEngine(det, with_maps=maps, workers=workers, batch_size=batch, series=True, headers=True) as engine:
         warm = next(iter(engine.scan([next(folder.rglob("*.*"))])))  # start-up: workers, first batch
         assert warm is not None
         t0 = time.perf_counter()
@@ -191,7 +193,7 @@ def main() -> None:
     if args.child:
         kind, *rest = args.child
         if kind == "decode":
-            print(json.dumps(child_decode(Path(rest[0]), int(rest[1]))))
+            print(json.dumps(child_decode(Path(rest[0]), int(rest[1]), rest[2] == "1")))
         else:
             folder, model, workers, batch, maps = rest
             print(json.dumps(child_scan(Path(folder), model, None if workers == "auto" else int(workers),
@@ -206,8 +208,8 @@ def main() -> None:
     r: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "quick": args.quick}
     try:
         print("decode limit", flush=True)
-        r["decode_limit_png"] = run_child(["decode", str(corpus("png", n_png, tmp)), str(workers)], 1800)
-        r["decode_limit_ct"] = run_child(["decode", str(corpus("ct", n_ct, tmp)), str(workers)], 1800)
+        r["decode_limit_png"] = run_child(["decode", str(corpus("png", n_png, tmp)), str(workers), "0"], 1800)
+        r["decode_limit_ct"] = run_child(["decode", str(corpus("ct", n_ct, tmp)), str(workers), "1"], 1800)
         print("scan end to end", flush=True)
         r["scan_default_png"] = run_child(["scan", str(corpus("png", n_png, tmp)), "default", w, str(args.batch), "1"], 3600)
         r["scan_default_ct"] = run_child(["scan", str(corpus("ct", n_ct, tmp)), "default", w, str(args.batch), "1"], 3600)

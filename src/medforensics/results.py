@@ -32,6 +32,12 @@ class ScanResult:
     content_hash: str | None = field(default=None, compare=False)
     scan_id: str | None = field(default=None, compare=False)
     cached: bool = field(default=False, compare=False)
+    # header forensics (DICOM): ``score`` is then the fusion of ``pixel_score`` and ``header_score``
+    # (medforensics.engine.fusion); ``findings`` are the named header findings (dicts: code, severity, message)
+    pixel_score: float | None = None
+    header_score: float | None = None
+    findings: list = field(default_factory=list)
+    header_report: Any = field(default=None, repr=False, compare=False)  # in memory: for the series rules
     # per-frame evidence for series / volume analysis (in memory only; set when the engine is asked for it):
     # F small evidence maps (F×h×w float32) and each frame's position along the slice normal (mm or None)
     frame_maps: Any = field(default=None, repr=False, compare=False)
@@ -44,6 +50,6 @@ class ScanResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (arrays dropped)."""
         d = asdict(self)
-        for key in ("heatmap", "thumbnail", "frame_maps", "frame_positions"):
+        for key in ("heatmap", "thumbnail", "frame_maps", "frame_positions", "header_report"):
             d.pop(key)
         return d

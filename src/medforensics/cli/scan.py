@@ -33,6 +33,9 @@ def scan(
                                    "file and analysed per series."),
     series: bool = typer.Option(True, "--series/--no-series", help="Group DICOM instances by series (NIfTI volumes "
                                 "by file): a verdict and the suspicious 3-D regions per series."),
+    headers: bool = typer.Option(True, "--headers/--no-headers", help="DICOM header forensics: named findings per "
+                                 "file and series, fused with the pixel score (score = fused; pixel_score and "
+                                 "header_score beside it)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files, and re-scan files the "
                                "results store already holds."),
     db: str | None = typer.Option(None, "--db", envvar="MEDFORENSICS_DB", show_envvar=True,
@@ -94,7 +97,7 @@ def scan(
 
         scan_engine = ScanEngine(detector, threshold=tau, with_maps=report is not None, max_frames=max_frames,
                                  batch_size=batch_size, workers=decode_workers, store=store, force=force,
-                                 source="cli", decode_timeout=decode_timeout, series=series)
+                                 source="cli", decode_timeout=decode_timeout, series=series, headers=headers)
         args = run_args(paths, scan_engine.model_id, threshold=tau, max_frames=max_frames)
         results = scan_engine.scan(paths, run_args=args if store is not None else None, resume=resume)
         summary = lambda: scan_engine.summary  # noqa: E731
@@ -104,7 +107,10 @@ def scan(
     kept: list[ScanResult] = []  # for the HTML report only (small thumbnails)
     from ..engine.series import SeriesAggregator
 
-    aggregator = SeriesAggregator(tau, fit=detector.preprocessing.fit, max_slices=max_slices) if series else None
+    from ..headers import DEFAULT_THRESHOLD as HEADER_THRESHOLD
+
+    aggregator = SeriesAggregator(tau, fit=detector.preprocessing.fit, max_slices=max_slices,
+                                  header_threshold=HEADER_THRESHOLD) if series else None
     table_rows: list[ScanResult] = []
     n_files = n_err = n_fake = 0
     with cleanup, StreamWriters(json_out, csv_out, info) as writers, Progress(
@@ -116,7 +122,7 @@ def scan(
             writers.write(res)
             if aggregator is not None:
                 aggregator.add(res)
-            res.frame_maps = None  # kept by the aggregator where needed
+            res.frame_maps = res.header_report = None  # kept by the aggregator where needed
             n_files += 1
             n_err += not res.ok
             n_fake += res.verdict == "fake"

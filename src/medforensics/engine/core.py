@@ -42,7 +42,8 @@ import torch
 
 from ..io import UnreadableImageError, iter_files, standardise
 from ..results import ScanResult
-from .decode import DEFAULT_TIMEOUT, Decoded, DecodePool
+from .decode import DEFAULT_TIMEOUT, Decoded, DecodeOptions, DecodePool
+from .fusion import fuse
 from .dedup import StoreRule
 from .keys import model_fingerprint
 from .series import SLICE_MAP
@@ -254,6 +255,9 @@ class ScanEngine:
     for each OK result. ``workers`` decode processes (default :func:`default_workers`; 0 = decode in
     the calling thread, without isolation). ``series`` keeps each frame's small evidence map and
     slice position on the result, for :class:`~medforensics.engine.series.SeriesAggregator`.
+    ``headers`` runs :mod:`medforensics.headers` on every DICOM file in the decode worker; the
+    file's ``score`` is then the fusion (:mod:`medforensics.engine.fusion`) of ``pixel_score`` and
+    ``header_score``, with the named ``findings`` beside them.
     """
 
     def __init__(self, detector: Any, *, threshold: float | None = None, with_maps: bool = False,
@@ -261,10 +265,15 @@ class ScanEngine:
                  force: bool = False, source: str = "cli", model_id: str | None = None,
                  decode_timeout: float = DEFAULT_TIMEOUT, on_result: Callable[..., dict | None] | None = None,
                  max_wait: float = 0.005, window: int | None = None, keys: bool | None = None,
-                 decode_budget: int | None = None, cached_maps: bool = True, series: bool = False):
+                 decode_budget: int | None = None, cached_maps: bool = True, series: bool = False,
+                 headers: bool = False, header_threshold: float | None = None):
         self.detector = detector
         self.threshold = float(detector.threshold if threshold is None else threshold)
         self.series = bool(series)  # keep every frame's small evidence map and position (series.py)
+        self.headers = bool(headers)  # DICOM header forensics fused into each DICOM file's score (fusion.py)
+        if header_threshold is None:
+            from ..headers import DEFAULT_THRESHOLD as header_threshold
+        self.header_threshold = float(header_threshold)
         self.with_maps = bool(with_maps) or self.series
         self.max_frames = max_frames
         self.batch_size = max(1, int(batch_size))
@@ -290,9 +299,10 @@ class ScanEngine:
     def _get_pool(self) -> DecodePool:
         with self._lock:
             if self._pool is None:
-                self._pool = DecodePool(self.detector.preprocessing, workers=self.workers, max_frames=self.max_frames,
-                                        want_key=self.keys, timeout=self.decode_timeout,
-                                        decode_budget=self.decode_budget)
+                options = DecodeOptions(max_frames=self.max_frames, want_key=self.keys,
+                                        decode_budget=self.decode_budget, headers=self.headers)
+                self._pool = DecodePool(self.detector.preprocessing, options, workers=self.workers,
+                                        timeout=self.decode_timeout)
             return self._pool
 
     def _error_result(self, path: str, error: str) -> ScanResult:
@@ -308,10 +318,14 @@ class ScanEngine:
     def _assemble(self, item: _Item, scores: np.ndarray, maps: np.ndarray | None) -> ScanResult:
         d = item.decoded
         best = int(np.argmax(scores))
-        score = float(scores[best])
+        pixel = float(scores[best])
+        header = d.header.score if d.header is not None else None
+        score = fuse(pixel, header, self.threshold, self.header_threshold)
         res = ScanResult(path=item.inp.reported, modality=d.modality, score=score, threshold=self.threshold,
                          verdict="fake" if score >= self.threshold else "real", model=self.model_id,
-                         frames=[float(s) for s in scores] if len(scores) > 1 else [], meta=dict(d.metas[best]))
+                         frames=[float(s) for s in scores] if len(scores) > 1 else [], meta=dict(d.metas[best]),
+                         pixel_score=pixel, header_score=header, header_report=d.header,
+                         findings=[f.to_dict() for f in d.header.all_findings] if d.header is not None else [])
         if self.with_maps:
             chw = d.arrays[best]  # single-channel models (e.g. btd): H×W, not H×W×1
             res.thumbnail = standardise(chw[0] if chw.shape[0] == 1 else np.moveaxis(chw, 0, -1), THUMBNAIL)

@@ -46,6 +46,16 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 60.0
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What a decode does besides reading: how many frames, whether to key and header-inspect the file."""
+
+    max_frames: int | None = 16
+    want_key: bool = False  # compute content_key() (results-store de-duplication)
+    decode_budget: int | None = None  # bytes one decode may hold (None: medforensics.io's budget)
+    headers: bool = False  # DICOM header forensics (medforensics.headers) of each DICOM file
+
+
 @dataclass
 class Decoded:
     """What :func:`decode_one` made of one file: frames (F×C×H×W float32) and metadata, or an error."""
@@ -57,15 +67,16 @@ class Decoded:
     modality: str | None = None
     key: str | None = None
     error: str | None = None
+    header: Any = None  # medforensics.headers.InstanceReport of a DICOM file (when asked for)
 
     @property
     def n_frames(self) -> int:
         return 0 if self.arrays is None else int(self.arrays.shape[0])
 
 
-def decode_one(seq: int, path: str, preprocessing: Preprocessing, max_frames: int | None,
-               want_key: bool, decode_budget: int | None = None) -> Decoded:
-    """Load, preprocess and (optionally) key one file; every failure becomes ``Decoded.error``."""
+def decode_one(seq: int, path: str, preprocessing: Preprocessing, options: DecodeOptions) -> Decoded:
+    """Load, preprocess and (as ``options`` ask) key and header-inspect one file; every failure
+    becomes ``Decoded.error``."""
     from ..io import check_regular_file
     from .keys import content_key, file_sha256
 
@@ -73,13 +84,17 @@ def decode_one(seq: int, path: str, preprocessing: Preprocessing, max_frames: in
     p = Path(path)
     try:
         check_regular_file(p)  # before anything opens it: a FIFO or a device would block forever
-        loaded = preprocessing.load(p, max_frames=max_frames, decode_budget=decode_budget)
+        loaded = preprocessing.load(p, max_frames=options.max_frames, decode_budget=options.decode_budget)
         if not loaded.images:
             raise UnreadableImageError(p, "no image frames")
         out.arrays = np.stack(loaded.arrays)
         out.metas = [_meta_dict(im) for im in loaded.images]
         out.modality = loaded.images[0].meta.modality
-        if want_key:
+        if options.headers and loaded.images[0].meta.source_format == "dicom":
+            from ..headers import inspect_instance
+
+            out.header = inspect_instance(p)
+        if options.want_key:
             out.key = content_key(p)
     except UnreadableImageError as err:
         out.error = err.reason
@@ -89,7 +104,7 @@ def decode_one(seq: int, path: str, preprocessing: Preprocessing, max_frames: in
         out.error = f"decoder failed: {type(err).__name__}: {err}"
     if out.error is not None:
         out.arrays, out.metas = None, []
-        if want_key and out.key is None:
+        if options.want_key and out.key is None:
             try:  # a regular file that fails still has an identity (its bytes), so the store can answer it
                 out.key = file_sha256(p)
             except (UnreadableImageError, OSError):
@@ -110,8 +125,7 @@ def _meta_dict(image: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- worker process
-def _worker_main(tasks: Connection, results: Connection, pre: dict[str, Any], max_frames: int | None,
-                 want_key: bool, decode_budget: int | None = None) -> None:
+def _worker_main(tasks: Connection, results: Connection, pre: dict[str, Any], options: DecodeOptions) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     faulthandler.disable()  # a decoder's segfault is reported by the parent, by file name, not as a dump
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -124,7 +138,7 @@ def _worker_main(tasks: Connection, results: Connection, pre: dict[str, Any], ma
         if msg is None:
             return
         seq, path = msg
-        results.send(decode_one(seq, path, preprocessing, max_frames, want_key, decode_budget))
+        results.send(decode_one(seq, path, preprocessing, options))
 
 
 @dataclass
@@ -139,14 +153,11 @@ class _Worker:
 class DecodePool:
     """Decode files in isolated worker processes; see the module docstring."""
 
-    def __init__(self, preprocessing: Preprocessing, *, workers: int = 1, max_frames: int | None = 16,
-                 want_key: bool = False, timeout: float = DEFAULT_TIMEOUT, prefetch: int = 2,
-                 decode_budget: int | None = None):
+    def __init__(self, preprocessing: Preprocessing, options: DecodeOptions = DecodeOptions(), *, workers: int = 1,
+                 timeout: float = DEFAULT_TIMEOUT, prefetch: int = 2):
         self.preprocessing = preprocessing
-        self.decode_budget = decode_budget  # bytes per decode (None: medforensics.io's budget)
+        self.options = options
         self.n_workers = max(0, int(workers))
-        self.max_frames = max_frames
-        self.want_key = want_key
         self.timeout = float(timeout)
         self.prefetch = max(1, int(prefetch))
         self.done: queue.Queue[Decoded] = queue.Queue()
@@ -167,8 +178,7 @@ class DecodePool:
     def _start(self) -> _Worker:
         task_r, task_w = self._ctx.Pipe(duplex=False)
         res_r, res_w = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_worker_main, args=(task_r, res_w, self._pre, self.max_frames, self.want_key,
-                                                                     self.decode_budget),
+        proc = self._ctx.Process(target=_worker_main, args=(task_r, res_w, self._pre, self.options),
                                  name="medforensics-decode", daemon=True)
         proc.start()
         task_r.close()
@@ -248,8 +258,7 @@ class DecodePool:
         """Queue one file (``workers=0``: decode it now)."""
         path = str(path)
         if not self.n_workers:
-            self.done.put(decode_one(seq, path, self.preprocessing, self.max_frames, self.want_key,
-                                     self.decode_budget))
+            self.done.put(decode_one(seq, path, self.preprocessing, self.options))
             return
         with self._lock:
             w = min(self._workers, key=lambda w: len(w.queued))

@@ -12,7 +12,11 @@ position of every slice. :class:`SeriesAggregator` then
    (:func:`scipy.ndimage.label`, 26-connectivity), each reported as ``(first_slice, last_slice, y, x,
    radius, score)``: the slice range, the evidence-weighted centre in the source image's pixel
    coordinates, the radius of the component's largest cross-section (pixels) and its peak evidence;
-4. scores the series as its most suspicious slice (the maximum slice score), with the verdict at τ.
+4. scores the series as its most suspicious slice (the maximum slice pixel score), fused
+   (:mod:`medforensics.engine.fusion`) with the series' header forensics when the results carry
+   header reports (:mod:`medforensics.headers`: per-instance findings plus the series rules —
+   spacing/size/bit changes, position and instance-number gaps, times out of order, a slice whose
+   noise floor or header is out of line with its neighbours); the verdict is at τ.
 
 A series is reported when it has at least two slices. ``max_slices`` bounds the slices kept per
 series (the rest are counted, and the record says so).
@@ -50,6 +54,7 @@ class _Series:
     uid: str | None
     modality: str | None
     slices: list[_Slice] = field(default_factory=list)
+    headers: list[Any] = field(default_factory=list)  # InstanceReports of the series' files
     dropped: int = 0
 
 
@@ -69,8 +74,10 @@ def source_coords(y: float, x: float, side: int, original_hw: tuple[int, int] | 
 class SeriesAggregator:
     """Collects per-slice results of a scan and reports one record per series (module docstring)."""
 
-    def __init__(self, threshold: float, *, fit: str = "center_crop", max_slices: int = DEFAULT_MAX_SLICES):
+    def __init__(self, threshold: float, *, fit: str = "center_crop", max_slices: int = DEFAULT_MAX_SLICES,
+                 header_threshold: float = 0.5):
         self.threshold = float(threshold)
+        self.header_threshold = float(header_threshold)
         self.fit = fit
         self.max_slices = int(max_slices)
         self._series: dict[str, _Series] = {}
@@ -81,11 +88,13 @@ class SeriesAggregator:
             return
         meta = result.meta or {}
         uid = meta.get("series_uid")
-        scores = result.frames or [result.score]
+        scores = result.frames or [result.score if result.pixel_score is None else result.pixel_score]
         key = f"uid:{uid}" if uid else f"file:{result.path}"
         if not uid and len(scores) < 2:
             return  # a plain 2-D image is not a series
         s = self._series.setdefault(key, _Series(key, uid, result.modality))
+        if result.header_report is not None:
+            s.headers.append(result.header_report)
         maps = result.frame_maps
         positions = result.frame_positions or [meta.get("slice_position")] * len(scores)
         inst = _number(meta.get("instance_number"))
@@ -107,15 +116,22 @@ class SeriesAggregator:
 
     # ------------------------------------------------------------------ one series
     def _record(self, s: _Series) -> dict[str, Any]:
+        from ..headers import series_from_reports
+        from .fusion import fuse
+
         slices = sorted(s.slices, key=lambda t: t.order)
         scores = np.asarray([t.score for t in slices])
-        score = float(scores.max())
+        pixel = float(scores.max())
+        header = series_from_reports(s.headers, s.uid) if s.headers else None
+        score = fuse(pixel, None if header is None else header.score, self.threshold, self.header_threshold)
         record: dict[str, Any] = {
             "series_uid": s.uid, "key": s.key, "modality": s.modality, "n_slices": len(slices),
             "score": score, "verdict": "fake" if score >= self.threshold else "real",
+            "pixel_score": pixel, "header_score": None if header is None else header.score,
             "slice_scores": [round(float(v), 6) for v in scores],
             "slices": [{"path": t.path, "frame": t.frame} for t in slices],
-            "regions": self._regions(slices), "findings": [],
+            "regions": self._regions(slices),
+            "findings": [] if header is None else [f.to_dict() for f in header.findings],
         }
         if s.dropped:
             record["findings"].append({"code": "slices_not_scored", "severity": "info",

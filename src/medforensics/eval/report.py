@@ -184,6 +184,9 @@ def _scan_row(r: ScanResult, threshold: float | None, cmap: str, alpha: float, m
         "path": r.path,
         "modality": r.modality or "",
         "score": _fmt(r.score) if r.ok else "",
+        "score_parts": (f"pixel {_fmt(r.pixel_score, 3)}, header {_fmt(r.header_score, 3)}"
+                        if r.ok and r.header_score is not None else ""),
+        "findings": [f"{f.get('severity', '')}: {f.get('message', f.get('code', ''))}" for f in r.findings or []],
         "verdict": verdict,
         "verdict_class": verdict,
         "frames": frames,

@@ -20,8 +20,9 @@ from typing import Any, TextIO
 
 from ..results import ScanResult
 
-#: columns of the CSV output (and the core of each JSON result)
-FIELDS = ("path", "modality", "score", "verdict", "error")
+#: columns of the CSV output (and the core of each JSON result); ``score`` is the fused score where header
+#: forensics ran (``pixel_score``/``header_score`` beside it), else the pixel score
+FIELDS = ("path", "modality", "score", "verdict", "error", "pixel_score", "header_score")
 #: header keys of the JSON output
 HEADER_KEYS = ("model", "detector", "threshold")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -45,7 +46,7 @@ def csv_row(values: Iterable[Any]) -> list[Any]:
 
 def result_record(r: ScanResult) -> dict[str, Any]:
     """The JSON form of one result: the CSV fields, per-frame scores and metadata (no pixels)."""
-    return {**{k: getattr(r, k) for k in FIELDS}, "frames": r.frames, "meta": r.meta}
+    return {**{k: getattr(r, k) for k in FIELDS}, "findings": r.findings, "frames": r.frames, "meta": r.meta}
 
 
 def _partial(path: Path) -> Path:
@@ -74,7 +75,7 @@ class StreamWriters:
             self.csv_out.parent.mkdir(parents=True, exist_ok=True)
             self._csv_fh = _partial(self.csv_out).open("w", newline="")
             self._csv = csv.writer(self._csv_fh)
-            self._csv.writerow(FIELDS)
+            self._csv.writerow((*FIELDS, "findings"))
         return self
 
     def write(self, r: ScanResult) -> None:
@@ -82,7 +83,7 @@ class StreamWriters:
             self._json.write(("\n    " if self._first else ",\n    ") + json.dumps(result_record(r), default=str))
             self._first = False
         if self._csv is not None:
-            self._csv.writerow(csv_row(getattr(r, k) for k in FIELDS))
+            self._csv.writerow(csv_row([*(getattr(r, k) for k in FIELDS), ";".join(f["code"] for f in r.findings)]))
 
     def write_series(self, records: Iterable[dict[str, Any]]) -> None:
         """Per-series records (JSON ``series`` list), written when the writers close."""

@@ -134,9 +134,23 @@ class ScanRecord:
         verdict = self.verdict
         if self.score is not None and tau is not None:
             verdict = "fake" if self.score >= tau else "real"
+        meta = dict(self.meta)
+        evidence = meta.pop(EVIDENCE_KEY, None) or {}
         return ScanResult(path=path or self.path or "", modality=self.modality, score=self.score, threshold=tau,
                           verdict=verdict, error=self.error, model=self.model_id, frames=list(self.frames),
-                          meta=dict(self.meta))
+                          meta=meta, pixel_score=evidence.get("pixel_score"),
+                          header_score=evidence.get("header_score"), findings=list(evidence.get("findings") or []))
+
+
+#: meta key under which a record keeps the parts of a fused score (pixel, header, named findings)
+EVIDENCE_KEY = "evidence"
+
+
+def _evidence(result: ScanResult) -> dict[str, Any]:
+    if result.pixel_score is None and result.header_score is None and not result.findings:
+        return {}
+    return {EVIDENCE_KEY: {"pixel_score": result.pixel_score, "header_score": result.header_score,
+                           "findings": result.findings}}
 
 
 def _clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +301,7 @@ class ResultStore:
             score=None if result.score is None else float(result.score),
             threshold=None if result.threshold is None else float(result.threshold),
             verdict=result.verdict, heatmap_path=heatmap_path, error=result.error,
-            frames=[float(x) for x in result.frames], meta=_clean_meta(meta),
+            frames=[float(x) for x in result.frames], meta={**_clean_meta(meta), **_evidence(result)},
             patient_ref=(_opt(pid) if self.store_phi else hash_patient(pid)),
             patient_name=_opt(pname) if self.store_phi else None, run_id=run_id,
         )
