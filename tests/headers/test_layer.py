@@ -37,3 +37,16 @@ def test_headers_imports_only_io_pydicom_numpy():
                 continue
             bad.append((path.name, "." * level + module))
     assert bad == []
+
+
+def test_every_emitted_code_is_catalogued():
+    import re
+
+    from medforensics.headers import CODES
+
+    package = Path(headers.__file__).parent
+    text = "\n".join(p.read_text() for p in package.glob("*.py") if p.name != "findings.py")
+    emitted = set(re.findall(r'(?:Finding\(|_pin\(rs\[[^\]]*\], |\()\s*"([a-z0-9_]+)", "(?:info|low|medium|high)"', text))
+    emitted |= set(re.findall(r'"([a-z_]+_outlier)"', text))
+    assert emitted and emitted <= set(CODES), emitted - set(CODES)
+    assert len(emitted) >= 25

@@ -25,11 +25,12 @@ from typing import Iterable
 
 from ..io.types import UnreadableImageError
 from ..io.walk import iter_entries
-from .findings import DEFAULT_THRESHOLD, SEVERITY_WEIGHTS, Finding, InstanceReport, SeriesReport, combine
+from .findings import CODES, DEFAULT_THRESHOLD, SEVERITY_WEIGHTS, Finding, InstanceReport, SeriesReport, combine
 from .instance import inspect_dataset, inspect_instance
 from .series import series_findings
 
 __all__ = [
+    "CODES",
     "DEFAULT_THRESHOLD",
     "SEVERITY_WEIGHTS",
     "Finding",

@@ -21,6 +21,48 @@ SEVERITY_WEIGHTS: dict[str, float] = {"info": 0.05, "low": 0.15, "medium": 0.3, 
 #: Header score at or above which an instance / a series is flagged.
 DEFAULT_THRESHOLD = 0.5
 
+#: Every finding code → (scope, severity or severities, what it means). Outputs can use it as a legend.
+CODES: dict[str, tuple[str, str, str]] = {
+    # per instance
+    "unreadable_header": ("instance", "high", "the header cannot be read (or the file holds no data set)"),
+    "malformed_attribute": ("instance", "medium", "an attribute value cannot be interpreted"),
+    "missing_type1_attribute": ("instance", "medium", "the CT / MR Image IOD requires it with a value"),
+    "missing_type2_attribute": ("instance", "low", "the CT / MR Image IOD requires it to be present"),
+    "implausible_attribute_value": ("instance", "medium",
+                                    "a value no scanner writes (slope ≤ 0, kVp, spacing, non-orthonormal orientation)"),
+    "inconsistent_pixel_description": ("instance", "low|high",
+                                       "Bits/HighBit/PixelRepresentation/SamplesPerPixel contradict each other"),
+    "pixel_data_length_mismatch": ("instance", "medium|high", "pixel data bytes ≠ Rows×Columns×frames×samples×bits"),
+    "pixel_data_undecodable": ("instance", "medium", "the pixel data cannot be decoded as the header says"),
+    "pixel_values_exceed_bits_stored": ("instance", "medium", "stored values use bits above BitsStored"),
+    "transfer_syntax_encoding_mismatch": ("instance", "high", "the data set / pixel data is not encoded as the "
+                                                              "transfer syntax says"),
+    "file_meta_sop_instance_mismatch": ("instance", "high", "MediaStorageSOPInstanceUID ≠ SOPInstanceUID"),
+    "file_meta_sop_class_mismatch": ("instance", "high", "MediaStorageSOPClassUID ≠ SOPClassUID"),
+    "no_file_meta": ("instance", "low", "no preamble / file meta (ACR-NEMA style)"),
+    "toolkit_sop_instance_uid": ("instance", "info|medium", "SOPInstanceUID from a toolkit root (medium when the "
+                                                            "file claims a scanner vendor)"),
+    "toolkit_implementation_class": ("instance", "info|low", "last written by a toolkit (low for pydicom, GDCM/ITK)"),
+    "secondary_capture_with_acquisition_pixels": ("instance", "high", "secondary capture holding CT-like HU pixels "
+                                                                      "with a scanner noise floor"),
+    # per series (pointing at one slice unless said otherwise)
+    "inconsistent_geometry_in_series": ("series", "medium", "rows/columns/spacing/bits/orientation/padding differ "
+                                                            "from the series"),
+    "header_differs_from_series": ("series", "medium", "a normally constant tag (vendor, software, station, "
+                                                       "implementation class, transfer syntax…) differs"),
+    "sop_instance_uid_root_differs": ("series", "high", "SOPInstanceUID not under the root the series shares"),
+    "duplicate_slice_position": ("series", "medium", "two slices at the same position"),
+    "slice_position_gap": ("series", "low", "a slice step > 1.5× the series' step"),
+    "instance_number_duplicate": ("series", "medium", "InstanceNumber used twice"),
+    "instance_number_out_of_order": ("series", "medium", "InstanceNumber out of order with position"),
+    "instance_number_gap": ("series", "low", "InstanceNumber jumps more than the series' step"),
+    "time_out_of_order": ("series", "medium", "Acquisition/ContentTime out of order with position"),
+    "noise_floor_outlier": ("series", "medium|high", "noise floor out of line with the neighbours "
+                                                     "(high when doubled/halved)"),
+    "pixel_range_outlier": ("series", "low", "min/max value or bits used out of line with the neighbours"),
+    "series_rule_failed": ("series", "info", "a series rule could not run (points at no slice)"),
+}
+
 
 @dataclass(frozen=True)
 class Finding:
