@@ -231,3 +231,27 @@ def test_estimate_is_in_bytes_of_the_dtype(tmp_path: Path):
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 8), np.int16), np.eye(4)), small)
     nib.save(nib.Nifti1Image(np.zeros((64, 64, 8), np.float64), np.eye(4)), big)
     assert needed(big) > needed(small)
+
+
+@pytest.mark.parametrize(
+    "name, marker, offset, fmt",
+    [
+        ("MR_small_jp2klossless.dcm", b"\xff\x4f\xff\x51", 8, ">II"),  # J2K SIZ Xsiz, Ysiz
+        ("SC_rgb_jpeg_dcmtk.dcm", b"\xff\xc0", 5, ">HH"),  # JPEG SOF0 height, width
+    ],
+)
+def test_codestream_larger_than_the_dicom_header_is_refused_before_decoding(pyd, tmp_path, monkeypatch, name, marker,
+                                                                           offset, fmt):
+    data = bytearray((pyd / name).read_bytes())
+    i = data.find(marker)
+    struct.pack_into(fmt, data, i + offset, 20000, 20000)
+    path = tmp_path / name
+    path.write_bytes(bytes(data))
+    import medforensics.io.dicom as dicom_mod
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded a codestream larger than the header")
+
+    monkeypatch.setattr(dicom_mod, "pixel_array", no_decode)
+    with pytest.raises(UnreadableImageError, match="declares 20000×20000.*more than the DICOM header"):
+        load(path)

@@ -472,6 +472,72 @@ def _decode_cost(
     return cost
 
 
+def _j2k_size(data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) from a JPEG 2000 codestream's SIZ marker (JP2 boxes skipped)."""
+    offset = 0
+    if data.startswith(b"\x00\x00\x00\x0cjP  "):
+        offset = 12
+        while offset + 8 <= len(data):
+            length = int.from_bytes(data[offset : offset + 4], "big")
+            if data[offset + 4 : offset + 8] == b"jp2c":
+                offset += 8
+                break
+            if length < 8:
+                return None
+            offset += length
+    if data[offset : offset + 4] != b"\xff\x4f\xff\x51" or len(data) < offset + 42:
+        return None
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", data, offset + 8)
+    comps = struct.unpack_from(">H", data, offset + 40)[0]
+    return max(0, ysiz - yo), max(0, xsiz - xo), comps
+
+
+def _codestream_size(ts: UID, data: bytes) -> tuple[int, int, int] | None:
+    """(height, width, components) a JPEG / JPEG-LS / JPEG 2000 frame declares, or None."""
+    if "JPEG 2000" in ts.name or "HTJ2K" in ts.name:
+        return _j2k_size(data)
+    if "JPEG" in ts.name:
+        try:
+            from pydicom.pixels.utils import _get_jpg_parameters
+
+            info = _get_jpg_parameters(data)
+        except Exception:
+            return None
+        if "height" in info and "width" in info:
+            return int(info["height"]), int(info["width"]), int(info.get("components", 1))
+    return None
+
+
+def _check_codestreams(path: Path, ds: Dataset, ts: UID, decode: list[int], n: int, rows: int, cols: int, spp: int) -> None:
+    """Refuse a JPEG-family frame whose own header declares more pixels than the DICOM header.
+
+    The decoders allocate what the codestream declares before pydicom compares it with
+    Rows × Columns, so a 3 KB file whose SOF says 20000×20000 would cost gigabytes.
+    """
+    if not ts.is_encapsulated or "JPEG" not in ts.name and "HTJ2K" not in ts.name:
+        return
+    wanted = set(decode)
+    try:
+        from pydicom.encaps import generate_fragmented_frames
+
+        for i, fragments in enumerate(generate_fragmented_frames(ds.PixelData, number_of_frames=n)):
+            if i > max(wanted):
+                break
+            if i not in wanted or not fragments:
+                continue
+            size = _codestream_size(ts, bytes(fragments[0][:65536]))
+            if size is not None and size[0] * size[1] * max(size[2], 1) > rows * cols * spp:
+                raise UnreadableImageError(
+                    path,
+                    f"corrupt {ts.name} data: frame {i} declares {size[1]}×{size[0]}×{size[2]}, "
+                    f"more than the DICOM header's {cols}×{rows}×{spp}",
+                )
+    except UnreadableImageError:
+        raise
+    except Exception:  # unparsable fragments: the decoder reports them
+        return
+
+
 def read_dicom(
     path: Path, select: Select, modality: str | None, config: IntensityConfig, *, budget: int | None = None
 ) -> list[MedImage]:
@@ -516,6 +582,7 @@ def read_dicom(
     if ts == DeflatedExplicitVRLittleEndian:
         encoded = max(encoded, n * rows * cols * spp * -(-dims[4] // 8))
     _decode_cost(ds, path, dims, encoded, decode, modality=modality, config=config).check(path, budget)
+    _check_codestreams(path, ds, ts, decode, n, rows, cols, spp)
     try:
         raw = _decode(ds, decode, n)
         values, notes, kind, depth = _frame_values(ds, decode, raw, photometric, spp, bits)
