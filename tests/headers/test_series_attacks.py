@@ -160,3 +160,14 @@ def test_header_only_mode_skips_pixel_rules(ct_series):
     series = inspect_series(ct_series, pixels=False)
     assert all(r.facts["stats"] is None for r in series.instances)
     assert series.findings == []
+
+
+def test_degenerate_orientation_falls_back_to_instance_numbers(ct_series):
+    for path in ct_series:
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]  # no normal
+        ds.save_as(path)
+    series = inspect_series(list(reversed(ct_series)))
+    assert [Path(r.path).name for r in series.instances] == [p.name for p in ct_series]
+    assert "duplicate_slice_position" not in {f.code for f in series.findings}
+    assert all("implausible_attribute_value" in {f.code for f in r.findings} for r in series.instances)

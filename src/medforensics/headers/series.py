@@ -43,9 +43,11 @@ def order_instances(reports: list[InstanceReport]) -> tuple[list[InstanceReport]
     if all(p is not None for p in positions) and any(orients):
         common = Counter(o for o in orients if o).most_common(1)[0][0]
         normal = np.cross(np.array(common[:3]), np.array(common[3:]))
-        pos = np.array([float(np.dot(p, normal)) for p in positions])
-        order = sorted(range(len(reports)), key=lambda i: (pos[i], reports[i].path))
-        return [reports[i] for i in order], pos[order]
+        if np.linalg.norm(normal) > 0.5:  # a degenerate orientation has no normal: fall back below
+            normal = normal / np.linalg.norm(normal)
+            pos = np.array([float(np.dot(p, normal)) for p in positions])
+            order = sorted(range(len(reports)), key=lambda i: (pos[i], reports[i].path))
+            return [reports[i] for i in order], pos[order]
     inf = float("inf")
     order = sorted(range(len(reports)),
                    key=lambda i: (reports[i].facts.get("instance_number") if reports[i].facts.get(
