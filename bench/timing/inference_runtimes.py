@@ -10,6 +10,9 @@ JSON (``--out``)::
 
     .venv/bin/python bench/timing/inference_runtimes.py runtimes --out runs/timing/inference_runtimes.json
 
+``val-threshold`` — the default model's τ at its card's target FPR on the recipe's real validation
+images, per patch and in one pass (the shipped τ was calibrated per patch).
+
 ``grid-parity`` — the default model scored per patch (``grid="patches"``, the original path) and in
 one fully convolutional pass (``grid="conv"``) on the same preprocessed images: max / mean |Δscore|
 and the AUC of both on (a) a stratified sample of the shared manifest + pydicom's DICOMs and
@@ -142,6 +145,33 @@ def grid_parity(args: argparse.Namespace) -> dict:
             "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads()}
 
 
+def val_threshold(args: argparse.Namespace) -> dict:
+    """τ at the card's target FPR on the shipped recipe's real validation images, per patch and one pass."""
+    from medforensics.data import shared_manifest
+    from medforensics.data.split import patient_split, train_val_split
+    from medforensics.detectors import load_detector
+    from medforensics.eval.calibration import calibrate
+
+    det = load_detector("default")
+    shared = shared_manifest()
+    split = patient_split(shared, test_fraction=0.2, seed=0)
+    val = train_val_split(split.subset("train"), val_fraction=0.1, seed=0).subset("val")  # the recipe's split
+    reals = [r for r in val if r.label == "real"]
+    batch, _ = _load_prepared(det, [r.resolve(val.root) for r in reals])
+    sc = _scores_both(det, batch)
+    target = float(det.calibration.get("target_fpr", 0.05))
+    out = {"benchmark": "default_val_threshold", "n_real_val": int(len(batch)), "target_fpr": target,
+           "shipped_threshold": det.threshold}
+    for mode in ("patches", "conv"):
+        cal = calibrate(sc[mode].astype(np.float64), target)
+        out[mode] = {**{k: v for k, v in cal.items() if k != "real_val_scores"},
+                     "fpr_at_shipped_threshold": float(np.mean(sc[mode] >= det.threshold)),
+                     "real_val_scores": [round(float(v), 6) for v in np.sort(sc[mode])]}
+        print(f"[{mode}] τ at FPR {target}: {cal['threshold']:.6f}; FPR at the shipped τ {det.threshold:.4f}: "
+              f"{out[mode]['fpr_at_shipped_threshold']:.4f} (n={len(batch)})", flush=True)
+    return out
+
+
 # ------------------------------------------------------------------------------------ runtimes
 def _real_batches(det, n: int, modality: str | None, channels_to) -> list[torch.Tensor]:
     """n real images of the shared manifest (seeded), preprocessed for ``det``."""
@@ -214,24 +244,58 @@ def runtimes(args: argparse.Namespace) -> dict:
 
     rows = _bench_module(f"btd-ct ε_θ ({per_image} windows of {btd.window}² per 256² image)", noise_net, btd_batch,
                          [btd_batch(1)[i : i + 8] for i in range(0, per_image, 8)], candidates,
-                         [b for b in batches if b <= 8], args.repeats)
+                         [1, 4], args.repeats)  # b images' worth of windows (16 per 256² image)
     out["rows"] += rows
-    # whole-image scorer (score + map), eager vs the recorded runtime
-    from medforensics.detectors.runtime import images_per_second
-
-    for size in (256, 512):
-        x = torch.nn.functional.interpolate(creals[:4], size=(size, size), mode="bilinear", align_corners=False)
-        ips = images_per_second(lambda b: btd.score_with_maps(b), x, repeats=args.repeats)
-        row = {"model": f"btd-ct score_with_maps, {size}² images (batch 4)", "runtime": "detector", "ips_b4": round(ips, 2)}
-        print("  " + json.dumps(row), flush=True)
-        out["rows"].append(row)
-    x = reals[:32]
-    for b in batches:
-        ips = images_per_second(lambda t: det.score_with_maps(t), x[:b], repeats=args.repeats)
-        row = {"model": f"default score_with_maps (batch {b})", "runtime": "detector", f"ips_b{b}": round(ips, 2)}
-        print("  " + json.dumps(row), flush=True)
-        out["rows"].append(row)
+    # whole detectors, score + heat-map: before (two calls) vs one pass, eager vs ONNX Runtime fp32
+    out["rows"] += _detector_rows(det, reals, grid, batches, args.repeats, "default")
+    out["rows"] += _detector_rows(btd, creals, noise_net, [1, 4], args.repeats, "btd-ct")
+    big = torch.nn.functional.interpolate(creals[:2], size=(512, 512), mode="bilinear", align_corners=False)
+    out["rows"] += _detector_rows(btd, big, noise_net, [1], args.repeats, "btd-ct 512²")
     return out
+
+
+def _detector_rows(det, images: torch.Tensor, module, batches: list[int], repeats: int, label: str) -> list[dict]:
+    """images/s of score + heat-map for a whole detector: the old way (score then anomaly_map; per-patch
+    grid for forensic_cnn), one pass eager, one pass with ONNX Runtime fp32 (when installed)."""
+    from medforensics.detectors.runtime import RuntimeUnavailable, build_runner, images_per_second
+
+    def two_calls(x):
+        det.score(x)
+        det.anomaly_map(x)
+
+    def one_pass(x):
+        det.score_with_maps(x)
+
+    ways = [("before: score + anomaly_map" + (", per patch" if "grid" in det.config else ""), two_calls, "patches", None),
+            ("one pass, eager", one_pass, "conv", None)]
+    try:
+        built = build_runner("onnx_fp32", module, images[:1] if "grid" in det.config else module_example(det, images))
+        ways.append(("one pass, onnx_fp32", one_pass, "conv", built.runner))
+    except RuntimeUnavailable as exc:
+        print(f"  {label}: onnx_fp32 not measured: {exc}")
+    rows = []
+    for name, fn, grid, runner in ways:
+        if "grid" in det.config:
+            det.config["grid"] = grid
+        det.runtime = {"name": "onnx_fp32", "step": 1} if runner is not None else None
+        det._runtime_runner = runner if runner is not None else False
+        row = {"model": f"{label} detector ({tuple(images.shape[-2:])[0]}², score + map)", "runtime": name}
+        for b in batches:
+            x = images[:b] if len(images) >= b else images.repeat(-(-b // len(images)), 1, 1, 1)[:b]
+            row[f"ips_b{b}"] = round(images_per_second(fn, x, warmup=1, repeats=repeats), 2)
+        print("  " + json.dumps(row), flush=True)
+        rows.append(row)
+    det.runtime, det._runtime_runner = None, False
+    if "grid" in det.config:
+        det.config["grid"] = "conv"
+    return rows
+
+
+def module_example(det, images: torch.Tensor) -> torch.Tensor:
+    from medforensics.detectors.btd.patches import extract_windows, pad_to_min
+
+    wins, _ = extract_windows(pad_to_min(det._to_model_channels(images[:1]), det.window), det.window, det.stride)
+    return wins * 2.0 - 1.0
 
 
 def _table(rows: list[dict], batches: list[int]) -> str:
@@ -247,7 +311,7 @@ def _table(rows: list[dict], batches: list[int]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", nargs="?", default="runtimes", choices=("runtimes", "grid-parity"))
+    ap.add_argument("command", nargs="?", default="runtimes", choices=("runtimes", "grid-parity", "val-threshold"))
     ap.add_argument("--out", default=None, help="JSON output file")
     ap.add_argument("--runtimes", default="eager,eager_fused,onnx_fp32,onnx_int8",
                     help="comma-separated runtimes (add 'compile' to include torch.compile)")
@@ -262,9 +326,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    result = grid_parity(args) if args.command == "grid-parity" else runtimes(args)
+    result = {"grid-parity": grid_parity, "val-threshold": val_threshold, "runtimes": runtimes}[args.command](args)
     if args.command == "runtimes":
-        print(_table(result["rows"], [int(b) for b in args.batches.split(",")] + [4]))
+        print(_table(result["rows"], sorted(set([int(b) for b in args.batches.split(",")] + [4]))))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=1))
