@@ -165,3 +165,24 @@ def test_cli_db_answers_from_store_and_force_rescans(model_dir, images, tmp_path
     res = runner.invoke(app, ["scan", str(images), "--model", str(model_dir), "--store-phi"])
     assert res.exit_code == 2 and "--db" in res.output
     store.close()
+
+
+def test_identical_files_in_flight_together_are_scored_once(model_dir, images, tmp_path):
+    """Copies of one file in the same batch window: one store row, every copy answered with its score."""
+    det = load_detector(model_dir)
+    src = next(images.rglob("im00.png"))
+    copies = []
+    for i in range(4):
+        copies.append(tmp_path / f"copy{i}.png")
+        copies[-1].write_bytes(src.read_bytes())
+    store = ResultStore(f"sqlite:///{tmp_path / 'inflight.db'}")
+    with ScanEngine(det, store=store, workers=2, batch_size=8) as engine:
+        results = list(engine.scan(copies))
+        summary = engine.summary
+    assert [r.path for r in results] == [str(p) for p in copies]
+    assert len({r.score for r in results}) == 1
+    assert store.count() == 1
+    assert sum(not r.cached for r in results) == 1
+    assert {r.scan_id for r in results} == {results[0].scan_id}
+    assert summary.n_scored == 1
+    store.close()

@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -145,6 +145,9 @@ class _Pipeline:
         self.ready_frames = 0
         self.decoding = 0
         self.finished: dict[int, ScanResult] = {}  # scan(): results waiting for their turn
+        # the same content twice in flight (store keys only): the first is scored, the others wait for its answer
+        self.leaders: dict[str, int] = {}  # key → seq of the item being scored
+        self.followers: dict[int, list[_Item]] = {}  # leader seq → items answered by it
 
     # ------------------------------------------------------------------ stages
     def add(self, item: _Item) -> None:
@@ -174,6 +177,12 @@ class _Pipeline:
                 if not (self.e.with_maps and self.e.cached_maps):  # the stored answer is enough
                     self._finish(item, item.cached)
                     continue
+            if rule is not None and d.key is not None and not item.inp.force:
+                leader = self.leaders.get(d.key)
+                if leader is not None:  # the same content is being scored now: one row, one answer
+                    self.followers.setdefault(leader, []).append(item)
+                    continue
+                self.leaders[d.key] = d.seq
             item.t_ready = time.monotonic()
             self.ready.append(d.seq)
             self.ready_frames += d.n_frames
@@ -237,8 +246,18 @@ class _Pipeline:
             log.error("could not record %s: %s", item.inp.reported, err)
             result = e._error_result(item.inp.reported, f"could not record result: {type(err).__name__}: {err}")
             result.score = None
+        key = item.decoded.key if item.decoded is not None else None
+        if key is not None and self.leaders.get(key) == item.seq:
+            del self.leaders[key]
         item.decoded = None  # free the pixels now
-        e.summary.count(result, item.scored)
+        self._deliver(item, result, item.scored)
+        for follower in self.followers.pop(item.seq, []):
+            follower.decoded = None
+            answer = replace(result, path=follower.inp.reported, cached=True)
+            self._deliver(follower, answer, False)
+
+    def _deliver(self, item: _Item, result: ScanResult, scored: bool) -> None:
+        self.e.summary.count(result, scored)
         del self.items[item.seq]
         if item.future is not None:
             item.future.set_result(result)
