@@ -165,6 +165,7 @@ def align(
     modality: str | None = typer.Option(None, help="Only align reals of this modality."),
     limit: int | None = typer.Option(None, help="Align at most this many reals (the first ones)."),
     ddpm_t: int = typer.Option(10, "--ddpm-t", help="Timestep the diffusion round trips noise to."),
+    crop: int = typer.Option(64, help="Side of the random training crops (a power of two; offsets multiple of 8)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Training batch size."),
     seed: int = typer.Option(0, help="Seed of training crops and of the stochastic round trips."),
     split_seed: int = typer.Option(0, help="Seed of the patient-level split when the manifest has none."),
@@ -201,7 +202,7 @@ def align(
 
     try:
         built = build_transforms(specs, models or out / "models", train_images, train_steps=train_steps,
-                                 batch_size=batch_size, ddpm_t=ddpm_t, seed=seed, progress=progress,
+                                 batch_size=batch_size, crop=crop, ddpm_t=ddpm_t, seed=seed, progress=progress,
                                  log=console.print)
         fakes, errors, counts = make_aligned_set(reals, out, built, per_real=per_real, match=match, seed=seed,
                                                  progress=progress)

@@ -135,36 +135,41 @@ def _unsharp(x: np.ndarray, a: float, sigma: float) -> np.ndarray:
 
 
 def match_sharpness(fake: np.ndarray, target: float, dtype: np.dtype, sigma: float = 1.0,
-                    bounds: tuple[float, float] = (-1.0, 4.0), iters: int = 30) -> tuple[np.ndarray, dict[str, Any]]:
+                    max_strength: float = 64.0, iters: int = 40) -> tuple[np.ndarray, dict[str, Any]]:
     """Solve the unsharp/blur strength ``a`` so that the quantised fake's mean |Laplacian| ≈ ``target``.
 
-    Bisection on ``a`` in ``bounds`` (mean |Laplacian| grows with ``a``); the result is clipped
-    to [0, 1] and quantised to ``dtype`` before it is measured, as it will be saved.
-    Returns the float image (already on the ``dtype`` grid) and ``{strength, sigma, ratio}``.
+    ``y = x + a·(x − G_σ x)``: mean |Laplacian| grows with ``a``. Too sharp → ``a`` in [−1, 0]
+    (σ doubled, up to 8, while even the full blur ``a = −1`` stays too sharp); too soft → ``a`` in
+    [0, hi] with ``hi`` doubled from 1 until it overshoots (at most ``max_strength``). Bisection
+    then finds ``a``; every candidate is clipped to [0, 1] and quantised to ``dtype`` before it is
+    measured, as it will be saved. Returns that image and ``{strength, sigma, ratio}``.
     """
-    def at(a: float) -> tuple[np.ndarray, float]:
-        y = to_float(to_dtype(_unsharp(fake, a, sigma), dtype))
+    def at(a: float, sg: float) -> tuple[np.ndarray, float]:
+        y = to_float(to_dtype(_unsharp(fake, a, sg), dtype))
         return y, sharpness(y)
 
-    lo, hi = bounds
-    y0, s0 = at(0.0)
+    y0, s0 = at(0.0, sigma)
     if target <= 0 or s0 == target:
         return y0, {"strength": 0.0, "sigma": sigma, "ratio": s0 / target if target > 0 else math.nan}
     if s0 > target:
-        hi = 0.0
+        lo, hi = -1.0, 0.0
+        while at(-1.0, sigma)[1] > target and sigma < 8:
+            sigma *= 2
     else:
-        lo = 0.0
+        lo, hi = 0.0, 1.0
+        while at(hi, sigma)[1] < target and hi < max_strength:
+            lo, hi = hi, hi * 2
     best = (abs(s0 - target), 0.0, y0, s0)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        y, s = at(mid)
+        y, s = at(mid, sigma)
         if abs(s - target) < best[0]:
             best = (abs(s - target), mid, y, s)
         if s > target:
             hi = mid
         else:
             lo = mid
-        if hi - lo < 1e-4:
+        if hi - lo < 1e-4 or best[0] < 1e-4 * target:
             break
     _, a, y, s = best
     return y, {"strength": round(a, 5), "sigma": sigma, "ratio": s / target}
