@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 from .hashing import content_hash, model_fingerprint, patient_ref
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .store import PHI_META_KEYS, ResultStore, ScanRecord, default_db_url, normalise_url, redact_url
+    from .store import (PHI_META_KEYS, ResultStore, ScanRecord, SeriesRecord, default_db_url, normalise_url,
+                        redact_url)
 
 #: names defined in :mod:`.store` (needs SQLAlchemy), imported on first access
-_LAZY = ("PHI_META_KEYS", "ResultStore", "ScanRecord", "default_db_url", "normalise_url", "redact_url")
+_LAZY = ("PHI_META_KEYS", "ResultStore", "ScanRecord", "SeriesRecord", "default_db_url", "normalise_url",
+         "redact_url")
 EXTRA_HINT = "the results store needs SQLAlchemy and Alembic: pip install 'medforensics[store]'"
 
 __all__ = sorted(("content_hash", "model_fingerprint", "patient_ref", *_LAZY))

@@ -2,6 +2,8 @@
 
 ``scans``          one row per scan result (file or DICOM instance × model)
 ``runs``           one row per batch run / receiver session, with its progress and throughput
+``series``         one row per DICOM series / volume × model: the series verdict (updated when the series is
+                   re-evaluated with more instances)
 ``reader_sessions`` / ``reader_items``  the blinded reader study (answers and the detector's scores)
 
 Any change here needs a new migration in ``migrations/versions`` (``tests/store`` checks that the
@@ -13,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -72,6 +74,32 @@ class Scan(Base):
     patient_ref: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     patient_name: Mapped[str | None] = mapped_column(String(256), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(36), ForeignKey("runs.id"), nullable=True, index=True)
+
+
+class Series(Base):
+    __tablename__ = "series"
+    __table_args__ = (
+        UniqueConstraint("series_uid", "model_id", name="uq_series_uid_model"),
+        Index("ix_series_updated", "updated_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    series_uid: Mapped[str] = mapped_column(String(256), index=True)  # SeriesInstanceUID, or "file:<path>" (volume)
+    study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    modality: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    n_slices: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    pixel_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    header_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    verdict: Mapped[str] = mapped_column(String(8), index=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    model_id: Mapped[str] = mapped_column(String(256))
+    regions: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    findings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    slice_scores: Mapped[list[float]] = mapped_column(JSON, default=list)
+    source: Mapped[str] = mapped_column(String(16), index=True)  # cli | api | dicom | ray
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ReaderSession(Base):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import threading
 import uuid
@@ -24,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..results import ScanResult
 from .files import create_private_file
 from .hashing import patient_ref as hash_patient
-from .models import ReaderItem, ReaderSession, Run, Scan, utcnow
+from .models import ReaderItem, ReaderSession, Run, Scan, Series, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,67 @@ class ScanRecord:
                           verdict=verdict, error=self.error, model=self.model_id, frames=list(self.frames),
                           meta=meta, pixel_score=evidence.get("pixel_score"),
                           header_score=evidence.get("header_score"), findings=list(evidence.get("findings") or []))
+
+
+@dataclass
+class SeriesRecord:
+    """One stored series verdict (see :class:`medforensics.store.models.Series`)."""
+
+    id: str
+    series_uid: str
+    study_uid: str | None
+    modality: str | None
+    n_slices: int
+    score: float
+    pixel_score: float | None
+    header_score: float | None
+    verdict: str
+    threshold: float | None
+    model_id: str
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    slice_scores: list[float] = field(default_factory=list)
+    source: str = "cli"
+    created_at: str = ""
+    updated_at: str = ""
+
+    @classmethod
+    def from_row(cls, row: Series) -> SeriesRecord:
+        return cls(id=row.id, series_uid=row.series_uid, study_uid=row.study_uid, modality=row.modality,
+                   n_slices=row.n_slices, score=row.score, pixel_score=row.pixel_score,
+                   header_score=row.header_score, verdict=row.verdict, threshold=row.threshold,
+                   model_id=row.model_id, regions=list(row.regions or []), findings=list(row.findings or []),
+                   slice_scores=list(row.slice_scores or []), source=row.source,
+                   created_at=_iso(row.created_at) or "", updated_at=_iso(row.updated_at) or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _series_values(record: dict[str, Any], threshold: float | None, study_uid: str | None) -> dict[str, Any]:
+    """Column values of a :class:`~medforensics.engine.series.SeriesAggregator` record (checked)."""
+    uid = _opt(record.get("series_uid")) or _opt(record.get("key"))
+    if uid is None:
+        raise ValueError("a series record needs a series_uid (or a key)")
+    verdict = record.get("verdict")
+    if verdict not in ("fake", "real"):
+        raise ValueError(f"series {uid}: verdict must be 'fake' or 'real', got {verdict!r}")
+    score = record.get("score")
+    if score is None or not math.isfinite(float(score)):
+        raise ValueError(f"series {uid}: score must be a finite number, got {score!r}")
+    tau = record.get("threshold", threshold)
+
+    def num(v: Any) -> float | None:
+        return None if v is None else float(v)
+
+    safe = lambda v: json.loads(json.dumps(v or [], default=str))  # noqa: E731
+    return {"series_uid": uid, "study_uid": _opt(study_uid if study_uid is not None else record.get("study_uid")),
+            "modality": _opt(record.get("modality")), "n_slices": int(record.get("n_slices") or 0),
+            "score": float(score), "pixel_score": num(record.get("pixel_score")),
+            "header_score": num(record.get("header_score")), "verdict": verdict, "threshold": num(tau),
+            "regions": safe(record.get("regions")), "findings": safe(record.get("findings")),
+            "slice_scores": [float(x) for x in record.get("slice_scores") or []]}
 
 
 #: meta key under which a record keeps the parts of a fused score (pixel, header, named findings)
@@ -340,6 +403,82 @@ class ResultStore:
               sop_instance_uid: str | None = None, content_hash: str | None = None, path: str | None = None) -> int:
         stmt = self._filtered(select(func.count()).select_from(Scan), verdict, run_id, source, sop_instance_uid,
                               content_hash, path)
+        with self._session() as s:
+            return int(s.scalar(stmt) or 0)
+
+    # ------------------------------------------------------------------ series
+    def upsert_series(self, record: dict[str, Any], *, model_id: str, source: str = "cli",
+                      threshold: float | None = None, study_uid: str | None = None) -> SeriesRecord:
+        """Store a series verdict (a :class:`~medforensics.engine.series.SeriesAggregator` record).
+
+        One row per (series UID, model): a series evaluated again (more instances arrived) updates its
+        row, keeping its id and ``created_at``. ``threshold`` / ``study_uid`` are used when the record
+        does not carry them.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        if not model_id:
+            raise ValueError("model_id is required for a series verdict")
+        values = _series_values(record, threshold, study_uid)
+        for attempt in range(2):  # a concurrent insert of the same series: the second try updates it
+            try:
+                with self.session() as s:
+                    row = s.scalars(select(Series).where(Series.series_uid == values["series_uid"],
+                                                         Series.model_id == model_id)).first()
+                    now = utcnow()
+                    if row is None:
+                        row = Series(id=str(uuid.uuid4()), model_id=model_id, source=source, created_at=now,
+                                     updated_at=now, **values)
+                        s.add(row)
+                    else:
+                        for k, v in values.items():
+                            if k == "study_uid" and v is None:
+                                continue
+                            setattr(row, k, v)
+                        row.source, row.updated_at = source, now
+                    s.flush()
+                    out = SeriesRecord.from_row(row)
+                log.debug("stored series verdict %s (%s)", out.id, out.verdict)
+                return out
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_series(self, series_uid: str, *, model_id: str | None = None) -> SeriesRecord | None:
+        """The newest verdict on this series (by ``model_id`` if given; a row id is accepted too)."""
+        stmt = select(Series).where((Series.series_uid == series_uid) | (Series.id == series_uid))
+        if model_id is not None:
+            stmt = stmt.where(Series.model_id == model_id)
+        stmt = stmt.order_by(Series.updated_at.desc(), Series.id).limit(1)
+        with self._session() as s:
+            row = s.scalars(stmt).first()
+            return SeriesRecord.from_row(row) if row is not None else None
+
+    @staticmethod
+    def _series_filtered(stmt, verdict: str | None, source: str | None, study_uid: str | None,
+                         model_id: str | None, modality: str | None):
+        for col, value in ((Series.verdict, verdict), (Series.source, source), (Series.study_uid, study_uid),
+                           (Series.model_id, model_id), (Series.modality, modality)):
+            if value is not None:
+                stmt = stmt.where(col == value)
+        return stmt
+
+    def query_series(self, *, verdict: str | None = None, source: str | None = None, study_uid: str | None = None,
+                     model_id: str | None = None, modality: str | None = None, limit: int | None = 100,
+                     offset: int = 0) -> list[SeriesRecord]:
+        """Series verdicts, most recently updated first, filtered by verdict, source, study, model, modality."""
+        stmt = self._series_filtered(select(Series), verdict, source, study_uid, model_id, modality)
+        stmt = stmt.order_by(Series.updated_at.desc(), Series.id).offset(max(0, int(offset)))
+        if limit is not None:
+            stmt = stmt.limit(max(0, int(limit)))
+        with self._session() as s:
+            return [SeriesRecord.from_row(r) for r in s.scalars(stmt)]
+
+    def count_series(self, *, verdict: str | None = None, source: str | None = None, study_uid: str | None = None,
+                     model_id: str | None = None, modality: str | None = None) -> int:
+        stmt = self._series_filtered(select(func.count()).select_from(Series), verdict, source, study_uid,
+                                     model_id, modality)
         with self._session() as s:
             return int(s.scalar(stmt) or 0)
 
