@@ -200,9 +200,11 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False, budget: int | 
         if start is not None:
             _check_deflated(path, start, current_budget(budget))
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, open_regular(path) as fh:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=not magic, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(fh, force=not magic, stop_before_pixels=stop_before_pixels)
+    except UnreadableImageError:
+        raise
     except Exception as exc:  # pydicom raises many types for corrupt headers
         what = "corrupt DICOM header" if magic else "not a DICOM file"
         raise UnreadableImageError(path, f"{what}: {exc}") from exc
@@ -227,11 +229,12 @@ def series_key(path: Path) -> tuple[str, float] | None:
         with open_regular(path) as fh:
             if not has_dicm_magic(fh.read(132)):
                 return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(
-                path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "InstanceNumber"]
-            )
+            fh.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(
+                    fh, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "InstanceNumber"]
+                )
         uid = str(ds.get("SeriesInstanceUID", "") or "")
         num = ds.get("InstanceNumber", None)
         return uid, float(int(num)) if num not in (None, "") else float("inf")

@@ -80,7 +80,9 @@ def open_regular(path: str | Path) -> BinaryIO:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise UnreadableImageError(p, f"not a regular file: {file_kind(mode)}")
-        return os.fdopen(fd, "rb")
+        fh = os.fdopen(fd, "rb")
+        fh.raw.name = str(p)  # type: ignore[attr-defined]  # readers quote the path, not the descriptor
+        return fh
     except BaseException:
         os.close(fd)
         raise

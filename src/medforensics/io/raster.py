@@ -164,7 +164,7 @@ def read_raster(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with open_regular(path) as fh, Image.open(fh) as im:
                 fmt = _FORMATS.get(str(im.format), str(im.format).lower())
                 n = int(getattr(im, "n_frames", 1) or 1)
                 indices = select(n)
