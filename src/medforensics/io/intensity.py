@@ -52,7 +52,7 @@ def canonical_modality(name: str | None) -> str | None:
 
 @dataclass(frozen=True)
 class IntensityConfig:
-    """How raw intensities are mapped to [0, 1]; stored with models like ``Preprocessing``."""
+    """How raw intensities are mapped to [0, 1]; stored with every model as ``Preprocessing.intensity``."""
 
     ct_window: tuple[float, float] = (-700.0, 2000.0)
     mri_method: str = "percentile"  # "percentile" | "zscore"
