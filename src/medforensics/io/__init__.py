@@ -8,7 +8,7 @@ from the header before decoding), and every failure is an :class:`UnreadableImag
 
 from .budget import DecodeBudgetError
 from .intensity import IntensityConfig, normalise_intensity
-from .preprocess import Preprocessing, to_channels
+from .preprocess import LoadedFrames, Preprocessing, to_channels
 from .raster import MAX_PIXELS, MAX_TOTAL_PIXELS
 from .resize import resize_to, standardise
 from .samples import all_sample_dicoms, sample_dicoms
@@ -22,6 +22,7 @@ __all__ = [
     "DecodeBudgetError",
     "ImageMeta",
     "IntensityConfig",
+    "LoadedFrames",
     "MedImage",
     "Preprocessing",
     "UnreadableImageError",
