@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import copy
 import json
-import warnings
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -430,14 +429,3 @@ def default_blocks(depth: int, reference: tuple[int, ...] = (7, 15, 23), referen
     """The paper's blocks 7, 15, 23 of 24 scaled proportionally to a ``depth``-block backbone."""
     out = sorted({min(depth - 1, max(0, round((b + 1) * depth / reference_depth) - 1)) for b in reference})
     return out
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when available; a saved "cuda" model loaded on a CPU-only machine runs on CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(f"device {name!r} requested but CUDA is not available: using the CPU", stacklevel=3)
-        return torch.device("cpu")
-    return device
