@@ -45,6 +45,12 @@ def dicom_listen(
                                               "(estimated from their headers); an instance needing more than "
                                               "this or MEDFORENSICS_DECODE_BUDGET is refused."),
     max_decodes: int = typer.Option(2, "--max-decodes", min=1, help="Decodes at once (decode worker processes)."),
+    series_quiet_s: float = typer.Option(10.0, "--series-quiet-s", min=0.0,
+                                         help="Judge a series once no instance of it arrived for this many seconds "
+                                              "(it is judged at once when the association that carried it is "
+                                              "released and its instances are scored)."),
+    max_slices: int = typer.Option(512, "--max-slices", min=2,
+                                   help="Guard: instances kept and analysed per series (the rest are counted)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every instance (UIDs only, no PHI)."),
 ) -> None:
     """Receive DICOM images (C-STORE, C-ECHO), scan each, record results; Ctrl-C stops."""
@@ -73,7 +79,10 @@ def dicom_listen(
                                  max_per_peer=max_per_peer, acse_timeout=acse_timeout,
                                  spool_dir=None if spool.endswith("<ae-title>") else spool,
                                  keep_spooled=keep_spooled, decode_budget=decode_budget_mb << 20,
-                                 max_decodes=max_decodes,
+                                 max_decodes=max_decodes, series_quiet_s=series_quiet_s, max_slices=max_slices,
+                                 on_series=lambda rec: console.print(
+                                     f"series {rec.series_uid}  {rec.modality or '?':10s} {rec.verdict:5s} "
+                                     f"{rec.score:.4f}  {rec.n_slices} slices, {len(rec.regions)} region(s)"),
                                  on_result=lambda rec: console.print(
                                      f"{rec.sop_instance_uid}  {rec.modality or '?':10s} "
                                      + (f"{rec.verdict:5s} {rec.score:.4f}" if rec.ok else f"error: {rec.error}")))
@@ -101,7 +110,7 @@ def dicom_listen(
     left = len(receiver.spool.pending())
     console.print(f"stopped: {s.received} instances received, {s.resumed} resumed from the spool "
                   f"({s.scored} scored, {s.cached} already in the store, {s.errors} errors, {s.refused} refused, "
-                  f"{s.flagged} flagged), {s.echoes} echoes"
+                  f"{s.flagged} flagged), {s.echoes} echoes, {s.series} series verdicts ({s.series_flagged} flagged)"
                   + (f"; {left} left in the spool {receiver.spool.folder} for the next start" if left else ""))
 
 

@@ -19,6 +19,11 @@ pynetdicom application entity that
   file is removed (or moved to ``<spool>/done`` with ``keep_spooled``) once the result is stored.
   Instances left in the spool when the receiver stopped or died are scored when it starts again.
 - optionally POSTs flagged results (verdict ``fake``) — or all results — to a JSON webhook.
+- judges every series (:mod:`.series`): once the association that carried it is released and its
+  instances are scored, or after ``series_quiet_s`` seconds without a new instance, the series
+  verdict (score, verdict, 3-D regions, header findings) is upserted into the store's ``series``
+  table, logged, and sent to the webhook as a ``medforensics.series`` event (under the same
+  flagged/all rule); a late instance re-opens the series and updates its row.
 
 Who may talk to it: associations must be addressed to its AE title (unless ``require_called_aet``
 is off), may be limited to listed calling AE titles (``calling_aets``) and peer addresses/networks
@@ -50,6 +55,7 @@ from ..detectors.base import Detector
 from ..results import ScanResult
 from .guard import (DEFAULT_CONCURRENT_DECODES, DEFAULT_DECODE_BUDGET, DecodeBudget, PeerGate,
                     RefusedInstance, decode_cost, read_header)
+from .series import DEFAULT_QUIET_S, SeriesTracker
 from .spool import Spool, SpooledInstance
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,8 @@ class ReceiverStats:
     failed: int = 0  # not recorded (spool or store unavailable; a spooled one is retried on restart)
     flagged: int = 0  # verdict "fake"
     echoes: int = 0
+    series: int = 0  # series verdicts emitted (a re-evaluated series counts again)
+    series_flagged: int = 0  # of which verdict "fake"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **deltas: float) -> None:
@@ -103,7 +111,7 @@ class ReceiverStats:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("received", "spooled", "resumed", "scored", "ok", "cached", "errors",
-                                             "refused", "failed", "flagged", "echoes")}
+                                             "refused", "failed", "flagged", "echoes", "series", "series_flagged")}
 
 
 class DicomReceiver:
@@ -115,7 +123,9 @@ class DicomReceiver:
     ``~/.medforensics``). ``max_decodes`` is the number of decodes at once (the scan engine's decode
     processes); ``decode_budget`` (bytes) bounds the summed estimated decode cost of the instances
     handed to the engine and not yet finished (at most ``max_in_flight``, default two batches), so
-    it holds whichever of them are decoding.
+    it holds whichever of them are decoding. ``series_quiet_s`` is how long a series may go without a
+    new instance before it is judged (:mod:`.series`); ``max_slices`` caps the instances kept and
+    analysed per series; ``on_series(record)`` is called after each stored series verdict.
     """
 
     def __init__(self, detector: Detector, store: Any, *, ae_title: str = DEFAULT_AE_TITLE,
@@ -127,7 +137,8 @@ class DicomReceiver:
                  spool_dir: str | Path | None = None, keep_spooled: bool = False,
                  decode_budget: int = DEFAULT_DECODE_BUDGET, max_decodes: int = DEFAULT_CONCURRENT_DECODES,
                  batch_size: int = 16, max_in_flight: int | None = None,
-                 on_result: Callable[[Any], None] | None = None):
+                 on_result: Callable[[Any], None] | None = None, series_quiet_s: float = DEFAULT_QUIET_S,
+                 max_slices: int | None = None, on_series: Callable[[Any], None] | None = None):
         from ..engine import model_fingerprint
 
         if forward not in ("flagged", "all"):
@@ -158,6 +169,17 @@ class DicomReceiver:
         self.spool = Spool(spool_dir if spool_dir is not None else Path(DEFAULT_SPOOL) / ae_title)
         self.keep_dir = self.spool.folder / "done" if keep_spooled else None
         self.on_result = on_result
+        self.on_series = on_series
+        if series_quiet_s < 0:
+            raise ValueError(f"series_quiet_s must be >= 0, got {series_quiet_s}")
+        self.series_quiet_s = float(series_quiet_s)
+        from ..engine.series import DEFAULT_MAX_SLICES
+
+        self.max_slices = DEFAULT_MAX_SLICES if max_slices is None else int(max_slices)
+        if self.max_slices < 2:
+            raise ValueError(f"max_slices must be at least 2, got {self.max_slices}")
+        self.series: SeriesTracker | None = None
+        self._assoc_series: dict[Any, set[str]] = {}  # association → series UIDs it carried
         self.stats = ReceiverStats()
         self.webhook = None
         if webhook:
@@ -234,7 +256,7 @@ class DicomReceiver:
         from ..engine.dedup import StoreRule
 
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
-                    (evt.EVT_ABORTED, self._on_abort)]
+                    (evt.EVT_ABORTED, self._on_abort), (evt.EVT_RELEASED, self._on_release)]
         server_class, handler_class = self._server_classes()
         server = self.ae.make_server((host, port), evt_handlers=handlers, server_class=server_class,
                                      request_handler=handler_class)  # binds (OSError) before anything starts
@@ -245,7 +267,14 @@ class DicomReceiver:
             self._rule = StoreRule(self.store, self.detector, self.model_id, source="dicom")
         self.engine = ScanEngine(self.detector, threshold=self.threshold, max_frames=self.max_frames,
                                  batch_size=self.batch_size, workers=self.engine_workers, store=self.store,
-                                 source="dicom", model_id=self.model_id, decode_budget=self.budget.per_decode)
+                                 source="dicom", model_id=self.model_id, decode_budget=self.budget.per_decode,
+                                 series=True, headers=True)
+        self.series = SeriesTracker(self._emit_series, threshold=self.engine.threshold,
+                                    fit=self.detector.preprocessing.fit,
+                                    header_threshold=self.engine.header_threshold, quiet_s=self.series_quiet_s,
+                                    max_slices=self.max_slices,
+                                    reload=self._stored_instances if self.store is not None else None)
+        self.series.start()
         self._stopping.clear()
         self._dispatcher = threading.Thread(target=self._dispatch, name="dicom-dispatch", daemon=True)
         self._dispatcher.start()
@@ -297,6 +326,9 @@ class DicomReceiver:
         if self.engine is not None:
             self.engine.close()  # finishes what it was given
             self.engine = None
+        if self.series is not None:
+            self.series.stop()  # every open series is judged on what arrived
+            self.series = None
         if self.webhook is not None:
             self.webhook.close()
         if self.store is not None and self.run_id is not None:
@@ -324,6 +356,15 @@ class DicomReceiver:
 
     def _on_abort(self, event) -> None:
         log.warning("association with %s aborted", _caller(event))
+        with self._uid_lock:  # its series are judged after the quiet period
+            self._assoc_series.pop(event.assoc, None)
+
+    def _on_release(self, event) -> None:
+        """The sender released the association: the series it carried are complete once scored."""
+        with self._uid_lock:
+            uids = self._assoc_series.pop(event.assoc, None)
+        if uids and self.series is not None:
+            self.series.release(uids)
 
     def handle_store(self, event):
         """C-STORE handler: never raises; returns the DIMSE status (a data set with an error comment)."""
@@ -366,6 +407,11 @@ class DicomReceiver:
             self.stats.add(failed=1)
             return _status(OUT_OF_RESOURCES, "cannot store the instance (receiver spool unavailable)")
         self.stats.add(spooled=1)
+        series_uid = str(header.dataset.get("SeriesInstanceUID", "") or "").strip()
+        if series_uid and self.series is not None:
+            self.series.expect(path, series_uid)
+            with self._uid_lock:
+                self._assoc_series.setdefault(event.assoc, set()).add(series_uid)
         self._enqueue(path, cost)
         return SUCCESS
 
@@ -393,7 +439,9 @@ class DicomReceiver:
             self._in_flight += 1
         self._queue.put((path, cost, False))
 
-    def _finished_one(self) -> None:
+    def _finished_one(self, path: Path | None = None, result: ScanResult | None = None) -> None:
+        if path is not None and self.series is not None:
+            self.series.done(path, result)  # the instance joins its series (or, failed, is no longer awaited)
         with self._idle:
             self._in_flight -= 1
             self._idle.notify_all()
@@ -429,14 +477,14 @@ class DicomReceiver:
                 self.stats.add(refused=1, errors=1)
                 self.spool.remove(path, keep_in=self.spool.folder / "refused")
                 self._release_uid(uid)
-                self._finished_one()
+                self._finished_one(path)
                 continue
             except Exception as err:
                 log.error("cannot read spooled file %s: %s", path.name, err)
                 self.stats.add(failed=1)
                 self.spool.remove(path, keep_in=self.spool.folder / "unreadable")
                 self._release_uid(uid)
-                self._finished_one()
+                self._finished_one(path)
                 continue
             try:
                 future = self.engine.submit(ScanInput(Path(path), name=inst.source))
@@ -445,7 +493,7 @@ class DicomReceiver:
                 self.budget.release(cost)
                 self.stats.add(failed=1)
                 self._release_uid(uid)
-                self._finished_one()
+                self._finished_one(path)
                 continue
             future.add_done_callback(lambda fut, inst=inst, cost=cost: self._done(inst, cost, fut))
 
@@ -475,6 +523,7 @@ class DicomReceiver:
     def _done(self, inst: SpooledInstance, cost: int, future) -> None:
         """The engine finished one instance: account for it, drop it from the spool, forward it."""
         self.budget.release(cost)
+        joined = None  # the result that joins its series
         try:
             try:
                 result: ScanResult = future.result()
@@ -487,6 +536,7 @@ class DicomReceiver:
                 self.stats.add(failed=1)
                 return
             self.spool.remove(inst.path, keep_in=self.keep_dir)
+            joined = result if result.ok else None
             if result.cached:
                 self.stats.add(cached=1, ok=result.ok)
                 log.info("instance %s already recorded (%s)", inst.sop_instance_uid, result.scan_id)
@@ -507,7 +557,37 @@ class DicomReceiver:
             log.exception("unexpected failure after scoring %s", inst.sop_instance_uid)
         finally:
             self._release_uid(inst.sop_instance_uid)
-            self._finished_one()
+            self._finished_one(inst.path, joined)
+
+    # ------------------------------------------------------------------ series verdicts
+    def _stored_instances(self, series_uid: str) -> list[ScanResult]:
+        """A re-opened series' earlier instances, from the store (scores and positions, no evidence maps)."""
+        return [rec.to_result(threshold=self.threshold)
+                for rec in self.store.series_instances(series_uid, model_id=self.model_id)]
+
+    def _emit_series(self, record: dict[str, Any]) -> None:
+        """A series is judged (tracker thread): store it, log it, forward it."""
+        uid = record.get("series_uid")
+        self.stats.add(series=1, series_flagged=record["verdict"] == "fake")
+        log.info("series %s (%s, %d slices): %s score=%.4f, %d region(s)", uid, record.get("modality") or "?",
+                 record["n_slices"], record["verdict"], record["score"], len(record.get("regions") or []))
+        payload: Any = {k: v for k, v in record.items() if k != "slices"}
+        if self.store is not None:
+            try:
+                payload = self.store.upsert_series(record, model_id=self.model_id, source="dicom",
+                                                   threshold=self.threshold)
+            except Exception as err:
+                log.error("cannot record the verdict of series %s: %s: %s", uid, type(err).__name__, err)
+                self.stats.add(failed=1)
+                return
+        if self.webhook is not None and (self.forward == "all" or record["verdict"] == "fake"):
+            self.webhook.submit({"event": "medforensics.series",
+                                 "series": payload.to_dict() if hasattr(payload, "to_dict") else payload})
+        if self.on_series is not None:
+            try:
+                self.on_series(payload)
+            except Exception:
+                log.exception("on_series callback failed")
 
     def _forward(self, rec) -> None:
         if self.webhook is None or not rec.ok:

@@ -58,7 +58,7 @@ class Scan(Base):
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     study_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    series_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str | None] = mapped_column(String(32), nullable=True)
     detector: Mapped[str] = mapped_column(String(64))

@@ -445,6 +445,17 @@ class ResultStore:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def series_instances(self, series_uid: str, *, model_id: str | None = None) -> list[ScanRecord]:
+        """The newest OK record of each instance (SOP Instance UID) of a series, by ``model_id`` if given."""
+        stmt = select(Scan).where(Scan.series_uid == series_uid, Scan.error.is_(None))
+        if model_id is not None:
+            stmt = stmt.where(Scan.model_id == model_id)
+        out: dict[str, ScanRecord] = {}
+        with self._session() as s:
+            for row in s.scalars(stmt.order_by(Scan.created_at.desc(), Scan.id)):
+                out.setdefault(row.sop_instance_uid or row.id, ScanRecord.from_row(row))
+        return list(out.values())
+
     def get_series(self, series_uid: str, *, model_id: str | None = None) -> SeriesRecord | None:
         """The newest verdict on this series (by ``model_id`` if given; a row id is accepted too)."""
         stmt = select(Series).where((Series.series_uid == series_uid) | (Series.id == series_uid))

@@ -1,4 +1,5 @@
-"""Series verdicts: one row per DICOM series / volume × model, updated when the series is re-evaluated.
+"""Series verdicts: one row per DICOM series / volume × model, updated when the series is re-evaluated;
+an index on ``scans.series_uid`` (a series re-opened by a late instance reads its stored instances).
 
 Revision ID: 0002
 Revises: 0001
@@ -47,9 +48,11 @@ def upgrade() -> None:
     op.create_index("ix_series_verdict", "series", ["verdict"])
     op.create_index("ix_series_source", "series", ["source"])
     op.create_index("ix_series_updated", "series", ["updated_at"])
+    op.create_index("ix_scans_series_uid", "scans", ["series_uid"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_scans_series_uid", table_name="scans")
     for name in ("ix_series_updated", "ix_series_source", "ix_series_verdict", "ix_series_study_uid",
                  "ix_series_series_uid"):
         op.drop_index(name, table_name="series")
