@@ -37,12 +37,12 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ..data.manifest import Manifest, ManifestRow, resolve_path
+from ..detectors.components.progress import progress
 from ..eval.bootstrap import bootstrap_metrics
 from ..eval.tables import MetricTable, metric_table
 from ..io import UnreadableImageError
 from ..synth.attacks import ATTACK_SETS, image_rng, lesion_like_center, load_gray, random_foreground_center
 from ..synth.tamper import foreground_mask
-from ..train.common import progress
 
 __all__ = [
     "BTDProtocolResult",

@@ -24,9 +24,9 @@ import torch
 from ..data import ImageDataset, Manifest, anatomy_matched
 from ..data.processing import MatchedProcessing
 from ..detectors.base import Detector
+from ..detectors.components.progress import progress
 from ..eval.tables import metric_table, per_generator_metrics, per_group_metrics
 from ..io import UnreadableImageError, standardise
-from ..train.common import progress
 
 VIEWS = ("plain", "matched")
 

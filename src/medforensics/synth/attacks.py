@@ -52,8 +52,8 @@ from scipy import ndimage
 
 from ..data.manifest import Manifest, ManifestRow
 from ..data.split import default_group_key, patient_split, train_val_split
-from ..io import UnreadableImageError, load, standardise, to_channels
 from ..detectors.components.progress import progress
+from ..io import UnreadableImageError, load, standardise, to_channels
 from .tamper import TamperResult, foreground_mask, inject_lesion, remove_region
 
 __all__ = [

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 
 from ..data.manifest import Manifest, ManifestRow
-from ..io import UnreadableImageError, load
 from ..detectors.components.progress import progress
+from ..io import UnreadableImageError, load
 from .tamper import tamper
 
 KINDS = ("inject", "remove")

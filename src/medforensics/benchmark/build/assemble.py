@@ -19,8 +19,8 @@ from PIL import Image
 
 from ...data import Manifest, ManifestRow, anatomy_of, assert_no_leakage
 from ...data.shared import anatomies_compatible, real_anatomies
+from ...detectors.components.progress import progress
 from ...io import UnreadableImageError, load
-from ...train.common import progress
 from ..records import json_default
 from .format_check import format_statistics_check
 from .inputs import write_sources
