@@ -8,6 +8,9 @@ Endpoints (all but ``/``, ``/static/*``, ``/docs`` and ``/healthz`` need ``Autho
   never fails the request.
 - ``GET /v1/scans`` (``verdict``, ``source``, ``run_id``, ``limit``, ``offset``), ``/v1/scans.csv``,
   ``/v1/scans.json`` — stored results; ``GET /v1/scans/{id}`` (+ ``/image.png``, ``/heatmap.png``).
+- ``GET /v1/series`` (``verdict``, ``source``, ``study_uid``, ``modality``, ``model_id``, ``limit``,
+  ``offset``), ``GET /v1/series/{uid}`` — stored series verdicts (``POST /v1/scans`` answers the
+  series of its instances under ``series``).
 - ``GET /v1/models``, ``GET /healthz``; OpenAPI at ``/openapi.json`` and ``/docs``.
 
 The routes live in :mod:`medforensics.serve.routes` (one ``APIRouter`` per area); they get the service,
@@ -26,7 +29,7 @@ from fastapi.responses import JSONResponse
 from .. import __version__
 from .auth import TokenFileError, TokenStore
 from .middleware import AccessLog, BodySizeLimit
-from .routes import health, models, pages, results, scans
+from .routes import health, models, pages, results, scans, series
 from .service import ScanService
 from .settings import ServeSettings
 
@@ -68,7 +71,7 @@ def create_app(settings: ServeSettings | None = None, *, service: ScanService | 
                            allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(AccessLog)  # outermost: 413s and 401s are logged too
     app.add_exception_handler(Exception, _unexpected)
-    for module in (pages, health, models, scans, results):
+    for module in (pages, health, models, scans, results, series):
         app.include_router(module.router)
     pages.mount_static(app)
     return app

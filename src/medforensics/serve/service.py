@@ -9,6 +9,12 @@ There is no model lock: only the engine's thread runs the model.
 
 Identical uploads that arrive while the first is still being scored wait for that scoring instead of
 being scored again, so a file sent by many requests at once is stored once.
+
+Series: the engine keeps each frame's small evidence map and position (``series=True``) and runs the
+DICOM header forensics (``headers=True``, as ``scan`` and the receiver do); :meth:`ScanService.judge_series`
+turns the results of one request into series verdicts (:class:`~medforensics.engine.series.SeriesAggregator`,
+through the receiver's :class:`~medforensics.dicomnet.series.SeriesTracker`, so a series whose other
+instances the store already holds is judged with them) and upserts them into the store's ``series`` table.
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ class ScanService:
                                  workers=settings.decode_workers, store=self.store, source="api",
                                  model_id=self.model_id, decode_timeout=settings.decode_timeout_s,
                                  decode_budget=settings.decode_budget, on_result=self._save_previews,
-                                 cached_maps=False)  # a stored answer's previews are on disk already
+                                 cached_maps=False,  # a stored answer's previews are on disk already
+                                 series=True, headers=True)
         self._inflight: dict[tuple[str, bool], Future] = {}
         self._lock = threading.Lock()
 
@@ -163,6 +170,53 @@ class ScanService:
         """The stored record of an engine result (a blocking store read: call it in a worker thread)."""
         record = self.store.get(result.scan_id) if result.scan_id else None
         return ItemOutcome("ok" if result.ok else "error", record, cached=bool(result.cached), error=result.error)
+
+    def judge_series(self, results: list[ScanResult]) -> list[dict[str, Any]]:
+        """Series verdicts of one request's results (a blocking store write: call it in a worker thread).
+
+        Every DICOM series with at least two slices (counting its instances already in the store)
+        is judged and upserted; each answer is the stored record plus ``slices`` (file names in slice
+        order). A multi-frame file or volume without a series UID is judged too but not stored
+        (``id`` None). A failure is logged and named in the answer, never raised.
+        """
+        from ..dicomnet.series import SeriesTracker
+
+        judged: list[dict[str, Any]] = []
+        tracker = SeriesTracker(judged.append, threshold=self.threshold, fit=self.detector.preprocessing.fit,
+                                header_threshold=self.engine.header_threshold, quiet_s=0.0,
+                                keep_closed=0, reload=self._stored_instances)
+        volumes = []
+        for i, res in enumerate(results):
+            if res is None or not res.ok:
+                continue
+            if (res.meta or {}).get("series_uid"):
+                tracker.done(i, res)
+            elif len(res.frames) > 1:
+                volumes.append(res)
+        tracker.judge(everything=True)
+        out = []
+        for rec in judged:
+            try:
+                row = self.store.upsert_series(rec, model_id=self.model_id, source="api", threshold=self.threshold)
+                out.append({**row.to_dict(), "slices": rec["slices"]})
+            except Exception as exc:
+                log.error("could not record a series verdict (%s)", type(exc).__name__)
+                out.append({**{k: v for k, v in rec.items() if k != "key"}, "id": None,
+                            "error": f"could not record the series verdict: {type(exc).__name__}"})
+        if volumes:
+            from ..engine.series import SeriesAggregator
+
+            agg = SeriesAggregator(self.threshold, fit=self.detector.preprocessing.fit,
+                                   header_threshold=self.engine.header_threshold)
+            for res in volumes:
+                agg.add(res)
+            out += [{**{k: v for k, v in rec.items() if k != "key"}, "id": None, "threshold": self.threshold}
+                    for rec in agg.records()]
+        return out
+
+    def _stored_instances(self, series_uid: str) -> list[ScanResult]:
+        return [rec.to_result(threshold=self.threshold)
+                for rec in self.store.series_instances(series_uid, model_id=self.model_id)]
 
     def close(self) -> None:
         """Finish queued files and stop the engine's thread and decode workers."""

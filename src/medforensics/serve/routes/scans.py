@@ -57,9 +57,10 @@ def _submit_all(jobs: list[Submit]) -> list[Future | ItemOutcome]:
 
 
 async def run_items(idents: list[dict[str, Any]], jobs: list[Submit], svc: ScanService,
-                    timeout_s: float) -> list[dict[str, Any]]:
+                    timeout_s: float, results: list | None = None) -> list[dict[str, Any]]:
     """Queue all of a request's files on the engine at once (so they share model batches with each other
-    and with concurrent requests), then wait for each under the request deadline."""
+    and with concurrent requests), then wait for each under the request deadline. ``results`` (if given)
+    receives each engine result (for the request's series verdicts)."""
     deadline = time.monotonic() + timeout_s
     queued = await run_in_threadpool(_submit_all, jobs)
 
@@ -69,6 +70,8 @@ async def run_items(idents: list[dict[str, Any]], jobs: list[Submit], svc: ScanS
         try:
             left = max(0.0, deadline - time.monotonic())
             result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), timeout=left)
+            if results is not None:
+                results.append(result)
             return await run_in_threadpool(svc.outcome, result)
         except asyncio.TimeoutError:
             return ItemOutcome("error", error=f"timed out after {timeout_s:g} s "
@@ -96,7 +99,8 @@ def path_job(raw: str, svc: ScanService, settings: ServeSettings, force: bool) -
     return submit
 
 
-async def _upload_items(request: Request, svc: ScanService, settings: ServeSettings, force: bool) -> list[dict]:
+async def _upload_items(request: Request, svc: ScanService, settings: ServeSettings, force: bool,
+                        results: list | None = None) -> list[dict]:
     try:
         form = await request.form(max_files=settings.max_files + 1, max_fields=settings.max_files + 16)
     except HTTPException as exc:
@@ -111,12 +115,13 @@ async def _upload_items(request: Request, svc: ScanService, settings: ServeSetti
             raise HTTPException(413, f"at most {settings.max_files} files per request, got {len(uploads)}")
         idents = [{"filename": os.path.basename(u.filename or "") or "upload"} for u in uploads]
         jobs = [functools.partial(svc.submit_upload, u.file, u.filename, force=force) for u in uploads]
-        return await run_items(idents, jobs, svc, settings.request_timeout_s)
+        return await run_items(idents, jobs, svc, settings.request_timeout_s, results)
     finally:
         await form.close()
 
 
-async def _path_items(request: Request, svc: ScanService, settings: ServeSettings, force: bool) -> list[dict]:
+async def _path_items(request: Request, svc: ScanService, settings: ServeSettings, force: bool,
+                      results: list | None = None) -> list[dict]:
     if not settings.allow_server_paths:
         raise HTTPException(403, "server-side paths are disabled (start with --allow-server-paths --allowed-root DIR)")
     try:
@@ -130,21 +135,25 @@ async def _path_items(request: Request, svc: ScanService, settings: ServeSetting
         raise HTTPException(413, f"at most {settings.max_files} paths per request, got {len(paths)}")
     force = force or bool(body.get("force"))
     return await run_items([{"path": p} for p in paths], [path_job(p, svc, settings, force) for p in paths], svc,
-                           settings.request_timeout_s)
+                           settings.request_timeout_s, results)
 
 
 @router.post("/scans", openapi_extra=SCAN_BODY_DOC)
 async def create_scans(request: Request, force: bool = Query(False, description="re-scan even if stored"),
                        svc: ScanService = Depends(get_service),
                        settings: ServeSettings = Depends(get_settings)) -> dict[str, Any]:
-    """Scan uploaded files (multipart field ``files``) or server-side ``paths`` (JSON, when enabled)."""
+    """Scan uploaded files (multipart field ``files``) or server-side ``paths`` (JSON, when enabled).
+
+    Instances of one DICOM series sent together also get a series verdict (``series``, stored)."""
     ctype = request.headers.get("content-type", "")
+    results: list = []
     if ctype.startswith("multipart/form-data"):
-        items = await _upload_items(request, svc, settings, force)
+        items = await _upload_items(request, svc, settings, force, results)
     elif ctype.startswith("application/json"):
-        items = await _path_items(request, svc, settings, force)
+        items = await _path_items(request, svc, settings, force, results)
     else:
         raise HTTPException(415, "send multipart/form-data (files) or application/json (paths)")
     n_err = sum(i["status"] != "ok" for i in items)
+    series = await run_in_threadpool(svc.judge_series, results) if len(results) > 0 else []
     return {"model": {"model_id": svc.model_id, "detector": svc.detector.name, "threshold": svc.threshold},
-            "n": len(items), "n_ok": len(items) - n_err, "n_error": n_err, "items": items}
+            "n": len(items), "n_ok": len(items) - n_err, "n_error": n_err, "items": items, "series": series}
