@@ -12,9 +12,11 @@ spacing ``(dz, dy, dx)`` in mm:
   local noise floor (std of a high-pass of the surroundings) so that the lesion is not too smooth;
 * :func:`remove_lesion_3d` — fills an ellipsoid from its surroundings by a 3-D harmonic (Laplace)
   fill with anisotropic spacing (:func:`scipy.sparse.linalg.spsolve`), plus matched noise;
-* :func:`inpaint_cube_diffusion` — re-draws the same ellipsoid slice by slice with RePaint using a
-  trained BTD U-Net (:class:`medforensics.synth.attacks.RepaintModel`), e.g. the shipped
-  ``btd-ct`` / ``btd-mri`` models, at the slice's native resolution.
+* :func:`inpaint_cube_diffusion` — re-draws an ellipsoid slice by slice with a trained BTD U-Net
+  (the shipped ``btd-ct`` / ``btd-mri`` models, through
+  :class:`medforensics.synth.attacks.RepaintModel`) at the slice's native resolution: RePaint's
+  known-region replacement, started (SDEdit-style) from the harmonic fill noised to the U-Net's
+  trained time range — those U-Nets only know t ≤ 20, so plain RePaint from t = 1000 gives noise.
 
 Every attack returns a :class:`Tamper3DResult`: the new stack (float32), the boolean 3-D mask of the
 voxels it changed (nothing outside it changes, bit for bit) and the ground-truth record
@@ -379,6 +381,73 @@ def _to_unit(vol: np.ndarray, modality: str) -> tuple[np.ndarray, float, float]:
     return np.clip((vol - lo) / (hi - lo), 0.0, 1.0).astype(np.float32), lo, hi
 
 
+@dataclass
+class _Diffusion:
+    unet: Any
+    betas: np.ndarray
+    to_model: Any
+    from_model: Any
+    name: str
+
+
+def _diffusion(model: Any) -> _Diffusion:
+    from .attacks import RepaintModel
+
+    rp = model if isinstance(model, RepaintModel) else RepaintModel.from_detector(model)
+    return _Diffusion(rp.unet, rp.scheduler.betas.float().numpy().astype(np.float64), rp.to_model, rp.from_model,
+                      rp.name or getattr(model, "name", ""))
+
+
+def _trained_t_range(model: Any) -> int | None:
+    cfg = getattr(model, "config", None)
+    if isinstance(cfg, dict) and cfg.get("t_range"):
+        return int(cfg["t_range"])
+    return None
+
+
+def repaint_truncated(
+    diff: _Diffusion, crop: np.ndarray, mask: np.ndarray, init: np.ndarray, t_start: int, seed: int
+) -> np.ndarray:
+    """RePaint-style conditional sampling started at ``t_start`` instead of pure noise (SDEdit start).
+
+    The masked region starts from ``init`` (here: the harmonic fill) noised to ``t_start`` with
+    q(x_t | x_0); every ancestral DDPM step (x_{t-1} ~ p_θ(x_{t-1} | x_t)) is followed by RePaint's
+    replacement of the known region by the original noised to t−1, q(x_{t−1} | x_0). The BTD U-Nets
+    are trained on t ≤ ``t_range`` (20) only, so sampling from t = 1000 as plain RePaint does gives
+    noise, not tissue: starting inside the trained range is what makes them usable as in-painters.
+    ``crop``, ``init`` H×W in [0, 1], ``mask`` H×W bool. Returns H×W in [0, 1] (known region = ``crop``).
+    """
+    import torch
+
+    betas = diff.betas
+    abar = np.cumprod(1.0 - betas)
+    gen = torch.Generator().manual_seed(int(seed))
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    x0_known = diff.to_model(torch.from_numpy(crop.astype(np.float32))[None, None])
+    x0_init = diff.to_model(torch.from_numpy(np.where(mask, init, crop).astype(np.float32))[None, None])
+    t0 = int(t_start) - 1
+    x = math.sqrt(abar[t0]) * x0_init + math.sqrt(1 - abar[t0]) * torch.randn(x0_init.shape, generator=gen)
+    was = diff.unet.training
+    diff.unet.eval()
+    with torch.no_grad():
+        for t in range(t0, -1, -1):
+            eps = diff.unet(x, t).sample
+            ab, ab_prev = abar[t], (abar[t - 1] if t > 0 else 1.0)
+            x0_hat = ((x - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp(-1.0, 1.0)
+            beta_t = 1 - ab / ab_prev
+            mean = (math.sqrt(ab_prev) * beta_t / (1 - ab)) * x0_hat + (math.sqrt(1 - beta_t) * (1 - ab_prev) / (1 - ab)) * x
+            if t > 0:
+                var = beta_t * (1 - ab_prev) / (1 - ab)
+                x_prev = mean + math.sqrt(var) * torch.randn(x.shape, generator=gen)
+                known = math.sqrt(ab_prev) * x0_known + math.sqrt(1 - ab_prev) * torch.randn(x.shape, generator=gen)
+            else:
+                x_prev, known = mean, x0_known
+            x = m * x_prev + (1 - m) * known
+    diff.unet.train(was)
+    out = diff.from_model(x)[0, 0].clamp(0.0, 1.0).numpy()
+    return np.where(mask, out, crop).astype(np.float32)
+
+
 def inpaint_cube_diffusion(
     volume: np.ndarray,
     spacing: tuple[float, float, float],
@@ -389,40 +458,62 @@ def inpaint_cube_diffusion(
     radius_mm: float | None = None,
     rng: RngLike = None,
     seed: int | None = None,
+    t_start: int | None = None,
+    min_crop: int = 64,
 ) -> Tamper3DResult:
-    """Re-draw an ellipsoid slice by slice with RePaint (``model``: a
-    :class:`~medforensics.synth.attacks.RepaintModel` or a detector with a U-Net, e.g.
-    ``load_detector("btd-ct")``). Each slice is mapped to the U-Net's [0, 1] range (CT: the BTD window
-    −700…2000 HU; MR: the stack's 0.5–99.5 percentiles), its cross-section of the ellipsoid in-painted
-    on a crop at native resolution, and mapped back; only the cross-section's voxels change."""
-    from .attacks import RepaintModel, repaint_region
+    """Re-draw an ellipsoid slice by slice with a diffusion U-Net (``model``: a detector with a U-Net
+    and scheduler, e.g. ``load_detector("btd-ct")``, or a
+    :class:`~medforensics.synth.attacks.RepaintModel`).
 
+    Each slice is mapped to the U-Net's [0, 1] range (CT: the BTD window −700…2000 HU; MR: the
+    stack's 0.5–99.5 percentiles); the ellipsoid's cross-section is first filled harmonically (as
+    :func:`remove_lesion_3d`), then re-drawn by :func:`repaint_truncated` from ``t_start`` (default:
+    the detector's trained ``t_range``, else 20) on a crop (≥ ``min_crop`` px, the U-Net's training
+    patch) at the slice's native resolution, and mapped back. Only the cross-sections' voxels change.
+    """
     modality = _modality(modality)
     vol, sp = _check_stack(volume, spacing)
     gen = _as_rng(rng)
-    rp = model if isinstance(model, RepaintModel) else RepaintModel.from_detector(model)
+    diff = _diffusion(model)
+    t_start = int(t_start or _trained_t_range(model) or 20)
+    if not 1 <= t_start <= len(diff.betas):
+        raise ValueError(f"t_start must be in 1..{len(diff.betas)}, got {t_start}")
     c, r, radii = _resolve(vol, sp, gen, center, radius_mm, modality, "any")
     base_seed = int(seed) if seed is not None else int(gen.integers(2**31 - 1))
     rho, box = _ellipsoid_rho(vol.shape, c, radii, gen, irregular=0.05)
+    unknown = rho <= 1.0
+    init_box = _harmonic_fill(ndimage.gaussian_filter(vol[box], sigma=(0, 1.0, 1.0)), unknown, sp)
     region = np.zeros(vol.shape, bool)
-    region[box] = rho <= 1.0
+    region[box] = unknown
+    init = vol.copy()
+    init[box] = np.where(unknown, init_box, vol[box])
     unit, lo, hi = _to_unit(vol, modality)
+    init_unit = np.clip((init - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     out = vol.copy()
+    H, W = vol.shape[1:]
     for k in np.nonzero(region.any(axis=(1, 2)))[0]:
         m2 = region[k]
         ys, xs = np.nonzero(m2)
         cy, cx = int(round(ys.mean())), int(round(xs.mean()))
-        res = repaint_region(rp, unit[k], m2, (cy, cx), seed=base_seed + int(k))
-        new = lo + res.pixels * (hi - lo)
+        extent = int(max(np.abs(ys - cy).max(), np.abs(xs - cx).max())) + 1
+        side = int(math.ceil(max(min_crop, 2 * extent + 16) / 16) * 16)
+        half = side // 2
+        pad = [np.pad(a, half, mode="reflect") for a in (unit[k], init_unit[k])]
+        pm = np.pad(m2, half)
+        sl = (slice(cy, cy + side), slice(cx, cx + side))
+        filled = repaint_truncated(diff, pad[0][sl], pm[sl], pad[1][sl], t_start, base_seed + int(k))
+        full = pad[0].copy()
+        full[sl] = filled
+        new = lo + full[half:half + H, half:half + W] * (hi - lo)
         out[k][m2] = new[m2].astype(np.float32)
     mask = out != vol
     if not mask.any():
         raise ValueError("the in-painting changed no voxel")
     zs = np.nonzero(mask.any(axis=(1, 2)))[0]
     area = region.sum(axis=(1, 2)).max()
-    details = {"model": rp.name, "steps": rp.num_inference_steps, "jump_length": rp.jump_length,
-               "jump_n_sample": rp.jump_n_sample, "seed": base_seed, "window": [lo, hi],
-               "radii_vox": [round(float(v), 2) for v in radii], "spacing_mm": list(sp), "modality": modality}
+    details = {"model": diff.name, "sampler": "repaint-truncated", "t_start": t_start, "seed": base_seed,
+               "window": [lo, hi], "radii_vox": [round(float(v), 2) for v in radii], "spacing_mm": list(sp),
+               "modality": modality}
     return Tamper3DResult(out, mask, "inpaint", c, r, float(math.sqrt(area / math.pi)), int(zs.min()), int(zs.max()),
                           "repaint", details)
 
