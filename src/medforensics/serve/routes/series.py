@@ -1,8 +1,8 @@
 """Stored series verdicts: ``GET /v1/series`` and ``GET /v1/series/{uid}``.
 
-A series verdict is written by ``POST /v1/scans`` (instances of one series sent together), by the
-DICOM receiver (when a series is complete or quiet) and by ``scan --db``; one row per series and
-model, updated when the series is re-evaluated.
+A series verdict is written by ``POST /v1/scans`` (instances of one series sent together) and by the
+DICOM receiver (when a series is complete or quiet); one row per series and model, updated when the
+series is re-evaluated.
 """
 
 from __future__ import annotations
