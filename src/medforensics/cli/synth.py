@@ -218,10 +218,61 @@ def align(
     console.print(f"{len(fakes)} aligned fakes → {out}; manifest → {out / 'manifest.csv'}")
 
 
+def tamper_series(
+    source: Path = typer.Argument(..., help="A DICOM series folder or a .nii / .nii.gz volume."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the tampered copy and ground_truth.json (must not exist or be empty)."),
+    attack: str = typer.Option(..., "--attack", "-a", help="inject | remove | inpaint (diffusion, btd-ct / btd-mri U-Net)."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives the same tampered copy."),
+    radius_mm: float | None = typer.Option(None, "--radius-mm", help="Lesion radius in mm (default: random 4–15 mm)."),
+    center: str | None = typer.Option(None, "--center", help="Centre as z,y,x voxel indices (z: 0-based in position order)."),
+    series_uid: str | None = typer.Option(None, "--series-uid", help="The series to attack when the folder holds several."),
+    modality: str | None = typer.Option(None, help="ct or mri (default: from the header / intensities)."),
+    model: str | None = typer.Option(None, help="Diffusion model for --attack inpaint (default btd-ct / btd-mri)."),
+) -> None:
+    """Inject / remove / re-draw a 3-D lesion in a CT/MR series and write it back with the original headers."""
+    from ..synth.tamper3d import ATTACKS, SeriesError
+    from ..synth.tamper3d import tamper_series as run
+
+    if attack not in ATTACKS:
+        console.print(f"[red]error:[/] unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+        raise typer.Exit(2)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        console.print(f"[red]error:[/] {out} exists and is not an empty folder; refusing to overwrite")
+        raise typer.Exit(2)
+    zyx = None
+    if center is not None:
+        try:
+            zyx = tuple(int(v) for v in center.split(","))
+            if len(zyx) != 3:
+                raise ValueError
+        except ValueError:
+            console.print(f"[red]error:[/] --center must be three integers z,y,x, got {center!r}")
+            raise typer.Exit(2) from None
+    det = None
+    if attack == "inpaint" and model:
+        from ..detectors import load_detector
+
+        det = load_detector(model)
+    console.print(f"reading {source} …")
+    try:
+        with console.status(f"{attack} attack on {source.name} …"):
+            gt = run(source, out, attack, seed=seed, radius_mm=radius_mm, center=zyx, model=det,
+                     series_uid=series_uid, modality=modality)
+    except (SeriesError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    files = gt["written"]["files"]
+    n_mod = sum(1 for f in files if f.get("modified"))
+    console.print(f"{attack}: slices {gt['record'][0]}–{gt['record'][1]}, centre y={gt['record'][2]} x={gt['record'][3]}, "
+                  f"radius {gt['record'][4]} px; {n_mod} of {len(files)} file(s) modified → {out} "
+                  f"(ground truth: {out / 'ground_truth.json'})")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``synth`` command group to the main app."""
     synth_app = typer.Typer(no_args_is_help=True, help="Train generative models on real images and sample fakes.")
     synth_app.command("train")(train)
     synth_app.command("sample")(sample)
+    synth_app.command("tamper-series")(tamper_series)
     synth_app.command("align")(align)
     app.add_typer(synth_app, name="synth")

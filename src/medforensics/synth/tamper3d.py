@@ -788,3 +788,85 @@ def _inverse(transform: np.ndarray) -> np.ndarray:
     for axis, (target, flip) in enumerate(transform):
         inv[int(target)] = (axis, flip)
     return inv
+
+
+# --------------------------------------------------------------------------- one call: series in, tampered series out
+
+ATTACKS = ("inject", "remove", "inpaint")
+GROUND_TRUTH = "ground_truth.json"
+
+
+def is_nifti_path(path: str | Path) -> bool:
+    name = Path(path).name.lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def tamper_series(
+    source: str | Path,
+    out: str | Path,
+    attack: str,
+    *,
+    seed: int = 0,
+    radius_mm: float | None = None,
+    center: tuple[int, int, int] | None = None,
+    model: Any = None,
+    series_uid: str | None = None,
+    modality: str | None = None,
+) -> dict[str, Any]:
+    """Attack a DICOM series folder or a NIfTI volume and write the tampered copy plus
+    ``OUT/ground_truth.json``. ``out`` must not exist or be empty. ``model`` (for ``inpaint``): a
+    detector or RepaintModel; default ``load_detector("btd-ct" | "btd-mri")`` by modality.
+    Returns the ground-truth dictionary (also written)."""
+    import json
+
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    src = Path(source)
+    dst = Path(out)
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
+        raise SeriesError(f"{dst}: exists and is not an empty folder; refusing to overwrite")
+    if not src.exists():
+        raise SeriesError(f"{src}: no such file or folder")
+    nifti = src.is_file() and is_nifti_path(src)
+    if nifti:
+        data = read_nifti_volume(src, modality)
+        vol, sp, mod = data.volume, data.spacing, data.modality
+    elif src.is_dir():
+        data = read_dicom_series(src, series_uid)
+        vol, sp, mod = data.volume, data.spacing, (_modality(modality) if modality else data.modality)
+    else:
+        raise SeriesError(f"{src}: neither a folder of DICOM files nor a .nii / .nii.gz volume")
+    rng = np.random.default_rng(int(seed))
+    if attack == "inject":
+        res = inject_lesion_3d(vol, sp, modality=mod, center=center, radius_mm=radius_mm, rng=rng)
+    elif attack == "remove":
+        res = remove_lesion_3d(vol, sp, modality=mod, center=center, radius_mm=radius_mm, rng=rng)
+    else:
+        if model is None:
+            from ..detectors import load_detector
+
+            model = load_detector("btd-ct" if mod == "ct" else "btd-mri")
+        res = inpaint_cube_diffusion(vol, sp, model, modality=mod, center=center, radius_mm=radius_mm, rng=rng,
+                                     seed=int(seed))
+    dst.mkdir(parents=True, exist_ok=True)
+    if nifti:
+        written = write_nifti_volume(data, res, dst / src.name)
+        fmt = "nifti"
+    else:
+        written = write_dicom_series(data, res, dst)
+        fmt = "dicom-series"
+    gt = {"source": str(src), "format": fmt, "attack": attack, "seed": int(seed), "modality": mod,
+          "shape": list(vol.shape), "spacing_mm": [float(v) for v in sp],
+          "record": list(res.record), "ground_truth": res.to_json(), "written": written}
+    if not nifti:
+        gt["series_uid"] = data.series_uid
+    (dst / GROUND_TRUTH).write_text(json.dumps(gt, indent=1, default=_json_default))
+    return gt
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
