@@ -328,8 +328,7 @@ def pixel_statistics(ds: Dataset) -> dict[str, Any] | None:
     raw = np.asarray(raw)
     if raw.ndim != 2:
         return None
-    stored = raw.astype(np.int64, copy=False)
-    smin, smax = int(stored.min()), int(stored.max())
+    smin, smax = int(raw.min()), int(raw.max())
     pad = _int(ds, "PixelPaddingValue")
     alloc, rep = _int(ds, "BitsAllocated") or 16, _int(ds, "PixelRepresentation") or 0
     if pad is not None and rep == 1 and pad >= 1 << (alloc - 1):
@@ -337,18 +336,16 @@ def pixel_statistics(ds: Dataset) -> dict[str, Any] | None:
     elif pad is not None and rep == 0 and pad < 0:
         pad += 1 << alloc
     pad_value = pad if pad is not None else smin
-    valid = stored != pad_value
+    valid = raw != pad_value
     if smax >= 0:
         bits_used = max(smax.bit_length(), (-smin - 1).bit_length() if smin < 0 else 0) + (1 if smin < 0 else 0)
     else:
         bits_used = (-smin - 1).bit_length() + 1
     beyond = _bits_beyond_stored(ds, rows * cols)
     params = _rescale(ds)
-    values = raw.astype(np.float64)
-    if params is not None:
-        values = values * params[0] + params[1]
+    slope, intercept = params if params is not None else (1.0, 0.0)
     step = max(1, rows // 128)
-    sub, vsub = values[::step], valid[::step]
+    sub, vsub = raw[::step].astype(np.float64) * slope + intercept, valid[::step]
     d2 = sub[:, :-2] - 2 * sub[:, 1:-1] + sub[:, 2:]
     ok = vsub[:, :-2] & vsub[:, 1:-1] & vsub[:, 2:]
     d = d2[ok]
@@ -361,13 +358,18 @@ def pixel_statistics(ds: Dataset) -> dict[str, Any] | None:
         spread = max(1.4826 * float(np.median(np.abs(d - centre))), quantum)
         inside = d[np.abs(d - centre) <= 3 * spread]
         noise = float(np.sqrt(np.mean((inside - centre) ** 2)) / np.sqrt(6.0)) if inside.size else None
-    kept = values[valid]
-    strided = values[::2, ::2][valid[::2, ::2]]
+    # extremes of the non-padding values, in stored units, then rescaled (monotone unless slope < 0)
+    any_valid = bool(valid.any())
+    lo = float(np.min(raw, where=valid, initial=np.iinfo(raw.dtype).max if raw.dtype.kind in "iu" else np.inf))
+    hi = float(np.max(raw, where=valid, initial=np.iinfo(raw.dtype).min if raw.dtype.kind in "iu" else -np.inf))
+    ext = sorted((lo * slope + intercept, hi * slope + intercept))
+    strided = raw[::2, ::2][valid[::2, ::2]].astype(np.float64) * slope + intercept
     p_low, p_high = (np.percentile(strided, [0.5, 99.5]).tolist() if strided.size else (None, None))
+    kept_min, kept_max = (ext[0], ext[1]) if any_valid else (None, None)
     return {
         "noise": noise,
-        "vmin": float(kept.min()) if kept.size else None,
-        "vmax": float(kept.max()) if kept.size else None,
+        "vmin": kept_min,
+        "vmax": kept_max,
         "p_low": p_low,
         "p_high": p_high,
         "stored_min": smin,
