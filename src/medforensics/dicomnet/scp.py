@@ -256,7 +256,8 @@ class DicomReceiver:
         from ..engine.dedup import StoreRule
 
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_C_ECHO, self.handle_echo),
-                    (evt.EVT_ABORTED, self._on_abort), (evt.EVT_RELEASED, self._on_release)]
+                    (evt.EVT_ABORTED, self._on_abort), (evt.EVT_RELEASED, self._on_release),
+                    (evt.EVT_CONN_CLOSE, self._on_close)]
         server_class, handler_class = self._server_classes()
         server = self.ae.make_server((host, port), evt_handlers=handlers, server_class=server_class,
                                      request_handler=handler_class)  # binds (OSError) before anything starts
@@ -357,6 +358,11 @@ class DicomReceiver:
     def _on_abort(self, event) -> None:
         log.warning("association with %s aborted", _caller(event))
         with self._uid_lock:  # its series are judged after the quiet period
+            self._assoc_series.pop(event.assoc, None)
+
+    def _on_close(self, event) -> None:
+        """The connection closed without release or abort: its series wait for the quiet period."""
+        with self._uid_lock:
             self._assoc_series.pop(event.assoc, None)
 
     def _on_release(self, event) -> None:
