@@ -1,5 +1,6 @@
-"""DICOM networking: a Storage SCP that scans received images (``medforensics dicom-listen``), and a
-JSON webhook for flagged results. Needs the ``dicomnet`` extra (pynetdicom)."""
+"""DICOM networking: a Storage SCP that scans received images (``medforensics dicom-listen``) and judges
+each received series (:mod:`.series`), and a JSON webhook for flagged results and series verdicts.
+Needs the ``dicomnet`` extra (pynetdicom)."""
 
 from __future__ import annotations
 
