@@ -683,6 +683,11 @@ def write_dicom_series(series: DicomSeries, result: Tamper3DResult, out_dir: str
         new = arr.copy()
         vals = np.rint((result.volume[k][m].astype(np.float64) - inter) / slope)
         new[m] = np.clip(vals, lo, hi).astype(arr.dtype)
+        if np.array_equal(new, arr):  # the change rounds away in stored values: the file stays as it was
+            shutil.copyfile(p, dst)
+            files.append({"path": str(rel), "slice": k, "modified": False, "n_changed_stored": 0,
+                          "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))})
+            continue
         ts_in = str(ds.file_meta.get("TransferSyntaxUID", ""))
         ts_out = _encode_slice(ds, new)
         ds.save_as(dst, enforce_file_format=False)
