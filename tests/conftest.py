@@ -151,3 +151,13 @@ def tiny_manifest(tmp_path: Path):
     from medforensics.data import Manifest
 
     return Manifest.read(write_tiny_dataset(tmp_path / "tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """An untrained but complete tiny forensic_cnn model directory, τ = 0.5 (fast to load and run)."""
+    from medforensics.detectors import create_detector
+
+    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
+    det.set_threshold(0.5, method="test")
+    return det.save(tmp_path_factory.mktemp("model") / "tiny")

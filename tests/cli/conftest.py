@@ -4,15 +4,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medforensics.detectors import create_detector
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """An untrained but complete tiny forensic_cnn model directory (fast to load and run)."""
-    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
-    det.set_threshold(0.5, method="test")
-    return det.save(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture()

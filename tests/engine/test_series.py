@@ -150,3 +150,19 @@ def test_scan_json_has_a_series_list(tiny_model_dir, tmp_path):
     assert sorted(positions) == [0.0, 5.0, 10.0, 15.0]
     assert series["score"] == pytest.approx(max(r["score"] for r in payload["results"]))
     assert "Series and volumes" in report.read_text()
+
+
+def test_scan_with_a_store_records_the_series_verdict(tiny_model_dir, tmp_path):
+    from medforensics.store import ResultStore
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    _write_series(folder, 3, range(0))
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    res = CliRunner().invoke(app, ["scan", str(folder), "--model", str(tiny_model_dir), "--db", url])
+    assert res.exit_code == 0, res.output
+    store = ResultStore(url)
+    (row,) = store.query_series()
+    assert row.n_slices == 3
+    assert store.count() == 3
+    store.close()

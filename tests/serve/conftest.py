@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medforensics.detectors import create_detector, load_detector
+from medforensics.detectors import load_detector
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
+def tiny_model(tiny_model_dir) -> Path:
     """A complete (untrained) tiny forensic_cnn model directory."""
-    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
-    det.set_threshold(0.5, method="test")
-    return det.save(tmp_path_factory.mktemp("model") / "tiny")
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="session")

@@ -133,6 +133,10 @@ def scan(
             bar.update(task, advance=1, rate=f"{n_files / max(bar.tasks[0].elapsed or 1e-9, 1e-9):.1f} files/s")
         series_records = aggregator.records() if aggregator is not None else []
         writers.write_series(series_records)
+        if store is not None and engine != "ray":
+            for record in series_records:
+                if record.get("series_uid"):  # NIfTI volumes (no UID) stay in the JSON/report only
+                    store.upsert_series(record, model_id=scan_engine.model_id, source="cli", threshold=tau)
     console.print(result_table(table_rows))
     if n_files > len(table_rows):
         console.print(f"… {n_files - len(table_rows)} more rows (see --json / --csv / the store)")
