@@ -113,6 +113,19 @@ SLOW_SCAN = textwrap.dedent("""
 """)
 
 
+def _processes_with(text: str) -> list[int]:
+    """PIDs whose command line contains ``text``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
 def test_killed_scan_resumes_without_loss_or_duplicates(model_dir, images, tmp_path):
     url = f"sqlite:///{tmp_path / 'resume.db'}"
     store = ResultStore(url)
@@ -126,6 +139,11 @@ def test_killed_scan_resumes_without_loss_or_duplicates(model_dir, images, tmp_p
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # its decode workers notice and exit: nothing is left behind
+    deadline = time.monotonic() + 15
+    while _processes_with(url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_with(url), "decode workers outlived the killed scan"
     done = store.count()
     assert 3 <= done < N_IMAGES  # killed half-way
     (killed_run,) = [r for r in {rec.run_id for rec in store.query(limit=None)}]

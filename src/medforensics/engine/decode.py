@@ -125,13 +125,21 @@ def _meta_dict(image: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- worker process
-def _worker_main(tasks: Connection, results: Connection, pre: dict[str, Any], options: DecodeOptions) -> None:
+def _worker_main(tasks: Connection, results: Connection, pre: dict[str, Any], options: DecodeOptions,
+                 parent_ends: tuple[Connection, ...] = ()) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     faulthandler.disable()  # a decoder's segfault is reported by the parent, by file name, not as a dump
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for conn in parent_ends:  # the parent's ends of this worker's pipes, inherited by fork
+        conn.close()
+    parent = os.getppid()
     preprocessing = Preprocessing.from_dict(pre)
     while True:
         try:
+            if not tasks.poll(1.0):
+                if os.getppid() != parent:  # the parent died (even by SIGKILL): do not linger
+                    return
+                continue
             msg = tasks.recv()
         except (EOFError, OSError):
             return
@@ -178,7 +186,7 @@ class DecodePool:
     def _start(self) -> _Worker:
         task_r, task_w = self._ctx.Pipe(duplex=False)
         res_r, res_w = self._ctx.Pipe(duplex=False)
-        proc = self._ctx.Process(target=_worker_main, args=(task_r, res_w, self._pre, self.options),
+        proc = self._ctx.Process(target=_worker_main, args=(task_r, res_w, self._pre, self.options, (task_w, res_r)),
                                  name="medforensics-decode", daemon=True)
         proc.start()
         task_r.close()
