@@ -364,7 +364,7 @@ def save_runtime(directory: str | Path, selection: Selection, digest: str,
     elif onnx_path.exists():
         onnx_path.unlink()
     cfg["runtime"] = record
-    cfg_path.write_text(json.dumps(cfg, indent=2))
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     return record
 
 
