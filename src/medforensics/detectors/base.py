@@ -126,19 +126,6 @@ class Detector(ABC):
     def _score_and_map_arrays(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         return self._score_arrays(batch), self._anomaly_map_arrays(batch)
 
-    @torch.no_grad()
-    def score_with_maps(self, images: ImageBatch) -> tuple[np.ndarray, np.ndarray | None]:
-        """:meth:`score` and :meth:`anomaly_map` together; detectors that get both from one forward
-        pass override :meth:`_score_and_map_arrays` (the default calls the two methods)."""
-        batch = self.prepare(images)
-        if len(batch) == 0:
-            return np.zeros(0), None
-        scores, maps = self._score_and_map_arrays(batch)
-        return np.asarray(scores, dtype=np.float64).reshape(-1), maps
-
-    def _score_and_map_arrays(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
-        return self._score_arrays(batch), self._anomaly_map_arrays(batch)
-
     def predict(self, images: ImageBatch) -> tuple[np.ndarray, np.ndarray]:
         """Scores and verdicts (score >= threshold) at the calibrated operating point."""
         scores = self.score(images)
