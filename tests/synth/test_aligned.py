@@ -225,3 +225,24 @@ def test_cli_align_trains_writes_and_resumes(tmp_path):
     assert r2.exit_code == 0 and '"skipped_done": 2' in r2.output and "loaded" in r2.output
     r3 = CliRunner().invoke(app, args[:6] + ["ae:nope"])
     assert r3.exit_code == 2 and "unknown autoencoder" in r3.output
+
+
+def test_jpeg_history_is_detected_and_reapplied(tmp_path, tiny_ae):
+    src = (np.rint(_image(48, 40) * 255)).astype(np.uint8)
+    Image.fromarray(src).save(tmp_path / "r.jpg", quality=70)
+    px, meta = read_real(tmp_path / "r.jpg")
+    assert meta["format"] == "JPEG" and abs(meta["jpeg_quality"] - 70) <= 2
+    fake, info = align(px, ae_transform(tiny_ae, "x"), jpeg_quality=meta["jpeg_quality"])
+    assert info["jpeg_quality"] == meta["jpeg_quality"] and fake.shape == px.shape and fake.dtype == np.uint8
+    with pytest.raises(Exception, match="8-bit"):
+        align((px.astype(np.uint16) * 257), ae_transform(tiny_ae, "x"), jpeg_quality=70)
+
+
+def test_spectrum_matching_moves_the_radial_spectrum_towards_the_real():
+    from medforensics.synth.aligned import match_spectrum, radial_spectrum
+
+    real = np.rint(_image(64, 64, 5) * 255) / 255
+    fake = ndimage.gaussian_filter(real, 1.0)
+    dist = lambda a: float(np.abs(np.log(radial_spectrum(a)[1:] / radial_spectrum(real)[1:])).mean())  # noqa: E731
+    matched, how = match_spectrum(fake, real, np.uint8)
+    assert dist(matched) < 0.5 * dist(fake) and len(how["ring_gains"]) == 32
