@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--series", nargs="*", default=DEFAULT_SERIES, help="paths relative to the volumes folder")
     ap.add_argument("--slices", type=int, default=12, help="slices per DICOM window (≤ 64)")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--inpaint-seeds", type=int, default=1, help="seeds for the (slow, CPU) diffusion in-painting")
     ap.add_argument("--attacks", nargs="*", default=list(ATTACKS))
     ap.add_argument("--radius-mm", type=float, nargs=2, default=(4.0, 10.0), help="lesion radius range (mm)")
     ap.add_argument("--inpaint-radius-mm", type=float, default=4.0)
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             ts = time.time()
             copies = []
             for attack in args.attacks:
-                for seed in range(args.seeds):
+                for seed in range(args.inpaint_seeds if attack == "inpaint" else args.seeds):
                     rng = np.random.default_rng([seed, len(attack)])
                     r = args.inpaint_radius_mm if attack == "inpaint" else float(rng.uniform(*args.radius_mm))
                     out = work / f"{attack}_s{seed}"

@@ -217,3 +217,54 @@ def test_cli_tamper_series(series_dir: Path, tmp_path: Path):
     r3 = runner.invoke(app, ["synth", "tamper-series", str(series_dir), "--out", str(tmp_path / "c3"),
                              "--attack", "inject", "--center", "1,2"])
     assert r3.exit_code == 2 and "z,y,x" in r3.output
+
+
+def test_compressed_series_keeps_rle(series_dir: Path, tmp_path: Path):
+    """An RLE Lossless series is written back as RLE Lossless (pydicom's own encoder)."""
+    from pydicom.uid import RLELossless
+
+    rle = tmp_path / "rle"
+    rle.mkdir()
+    for p in series_dir.iterdir():
+        ds = pydicom.dcmread(p)
+        ds.compress(RLELossless, generate_instance_uid=False)
+        ds.save_as(rle / p.name, enforce_file_format=True)
+    out = tmp_path / "rle_out"
+    gt = tamper_series(rle, out, "inject", seed=0, radius_mm=4.0, center=(6, 64, 64))
+    modified = [f for f in gt["written"]["files"] if f["modified"]]
+    assert modified and all(f["transfer_syntax"] == str(RLELossless) for f in modified)
+    ds = pydicom.dcmread(out / modified[0]["path"])
+    assert ds.file_meta.TransferSyntaxUID == RLELossless
+    before = pydicom.dcmread(rle / modified[0]["path"])
+    assert ds.SOPInstanceUID == before.SOPInstanceUID
+    assert (ds.pixel_array != before.pixel_array).any()
+
+
+def test_inpaint_cube_diffusion_changes_only_the_cube():
+    """Diffusion in-painting with a tiny random U-Net: only the ellipsoid's voxels change, per seed."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from types import SimpleNamespace
+
+    from medforensics.synth.tamper3d import inpaint_cube_diffusion
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=64, in_channels=1, out_channels=1, block_out_channels=(8, 8),
+                                 layers_per_block=1, norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
+    det = SimpleNamespace(unet=unet, scheduler=diffusers.DDPMScheduler(num_train_timesteps=1000),
+                          preprocessing=SimpleNamespace(size=64), name="tiny", config={"t_range": 4})
+    rng = np.random.default_rng(0)
+    vol = (rng.normal(-800, 15, (8, 72, 72))).astype(np.float32)
+    sp = (2.0, 1.0, 1.0)
+    res = inpaint_cube_diffusion(vol, sp, det, modality="ct", center=(4, 36, 36), radius_mm=3.0, seed=1)
+    changed = res.volume != vol
+    assert changed.any() and not (changed & ~res.mask).any()
+    assert res.details["t_start"] == 4 and (res.first_slice, res.last_slice) == (3, 5)
+    # lung (−800 HU) lies below the BTD window: voxels the U-Net puts at the floor are not left at −700
+    # but keep the harmonic fill + noise (≈ −800)
+    vals = res.volume[res.mask]
+    assert not np.any(vals == np.float32(-700.0)) and (vals < -700).any()
+    again = inpaint_cube_diffusion(vol, sp, det, modality="ct", center=(4, 36, 36), radius_mm=3.0, seed=1)
+    assert np.array_equal(again.volume, res.volume)

@@ -469,11 +469,13 @@ def inpaint_cube_diffusion(
     stack's 0.5–99.5 percentiles); the ellipsoid's cross-section is first filled harmonically (as
     :func:`remove_lesion_3d`), then re-drawn by :func:`repaint_truncated` from ``t_start`` (default:
     the detector's trained ``t_range``, else 20) on a crop (≥ ``min_crop`` px, the U-Net's training
-    patch) at the slice's native resolution, and mapped back. Only the cross-sections' voxels change.
+    patch) at the slice's native resolution, and mapped back; voxels the U-Net leaves at the window's
+    floor or ceiling (e.g. lung below −700 HU) keep the harmonic fill plus matched noise. Only the
+    cross-sections' voxels change. Deterministic given ``rng`` (or ``seed`` alone).
     """
     modality = _modality(modality)
     vol, sp = _check_stack(volume, spacing)
-    gen = _as_rng(rng)
+    gen = _as_rng(rng if rng is not None or seed is None else int(seed))
     diff = _diffusion(model)
     t_start = int(t_start or _trained_t_range(model) or 20)
     if not 1 <= t_start <= len(diff.betas):
@@ -485,8 +487,13 @@ def inpaint_cube_diffusion(
     init_box = _harmonic_fill(ndimage.gaussian_filter(vol[box], sigma=(0, 1.0, 1.0)), unknown, sp)
     region = np.zeros(vol.shape, bool)
     region[box] = unknown
+    sigma = noise_floor(vol[box], _shell(rho, 1.3, 2.2))
     init = vol.copy()
     init[box] = np.where(unknown, init_box, vol[box])
+    # outside the U-Net's window (e.g. lung below −700 HU) the model cannot draw: those voxels keep
+    # the harmonic fill plus matched noise instead of being floored to the window
+    fallback = init.copy()
+    fallback[box] += _matched_noise(gen, rho.shape, sigma)
     unit, lo, hi = _to_unit(vol, modality)
     init_unit = np.clip((init - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
     out = vol.copy()
@@ -504,7 +511,8 @@ def inpaint_cube_diffusion(
         filled = repaint_truncated(diff, pad[0][sl], pm[sl], pad[1][sl], t_start, base_seed + int(k))
         full = pad[0].copy()
         full[sl] = filled
-        new = lo + full[half:half + H, half:half + W] * (hi - lo)
+        p01 = full[half:half + H, half:half + W]
+        new = np.where((p01 <= 0.0) | (p01 >= 1.0), fallback[k], lo + p01 * (hi - lo))
         out[k][m2] = new[m2].astype(np.float32)
     mask = out != vol
     if not mask.any():
