@@ -30,6 +30,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -285,7 +286,8 @@ class Selection:
     def record(self) -> dict[str, Any]:
         """The JSON record stored under ``config.json``'s ``runtime`` key."""
         return {"name": self.name, "threads": self.threads,
-                "tolerance": {"logit": self.tolerance.logit, "prob": self.tolerance.prob},
+                "tolerance": {k: (v if math.isfinite(v) else None)  # None = no limit (strict JSON has no inf)
+                              for k, v in (("logit", self.tolerance.logit), ("prob", self.tolerance.prob))},
                 "measured": self.report}
 
 

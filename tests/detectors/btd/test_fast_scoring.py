@@ -123,6 +123,8 @@ def test_onnx_runtime_for_the_noise_predictor_keeps_scores(tmp_path):
     sel.name, sel.runner, sel.onnx = "onnx_fp32", built.runner, built.onnx
     record = save_runtime(tmp_path / "m", sel, spec["digest"], spec["extra"])
     assert record["step"] == 1
+    text = (tmp_path / "m" / "config.json").read_text()
+    assert "Infinity" not in text and record["tolerance"]["prob"] is None  # strict JSON: no limit = null
     loaded = load_detector(tmp_path / "m")
     scores, maps = loaded.score_with_maps(x)
     assert loaded._runtime_runner is not None and loaded._runtime_runner.name == "onnx_fp32"
