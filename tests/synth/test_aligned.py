@@ -246,3 +246,12 @@ def test_spectrum_matching_moves_the_radial_spectrum_towards_the_real():
     dist = lambda a: float(np.abs(np.log(radial_spectrum(a)[1:] / radial_spectrum(real)[1:])).mean())  # noqa: E731
     matched, how = match_spectrum(fake, real, np.uint8)
     assert dist(matched) < 0.5 * dist(fake) and len(how["ring_gains"]) == 32
+
+
+def test_kl_variants_differ_even_on_a_single_tile(tiny_ae):
+    # (the 3-step decoder is nearly flat, so compare before the 8-bit quantisation)
+    x = torch.from_numpy(_image(40, 40))[None, None]
+    tr = ae_transform(tiny_ae, "x")
+    f0, f1, f1b = (tr(x, 7, k) for k in (0, 1, 1))
+    assert torch.equal(f0, tr(x, 99, 0))  # variant 0: the posterior mean, no randomness
+    assert not torch.equal(f0, f1) and torch.equal(f1, f1b) and not torch.equal(f1, tr(x, 8, 1))

@@ -223,13 +223,17 @@ class AlignedAEGenerator(Generator):
         return int(self.config["stride"])
 
     @torch.no_grad()
-    def round_trip(self, x: torch.Tensor) -> torch.Tensor:
-        """B×1×H×W in [0, 1] (H, W multiples of the stride) → reconstruction clamped to [0, 1]."""
+    def round_trip(self, x: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """B×1×H×W in [0, 1] (H, W multiples of the stride) → reconstruction clamped to [0, 1].
+
+        Without ``g`` the KL bottleneck passes its posterior mean; with ``g`` it passes a sample
+        μ + σ·ε drawn from ``g`` (VQ is deterministic either way).
+        """
         ae = self.modules["ae"]
         was = ae.training
         ae.eval()
         try:
-            rec, _ = ae(x, None)
+            rec, _ = ae(x, g if self.config["bottleneck"] == "kl" else None)
         finally:
             ae.train(was)
         return rec.clamp(0.0, 1.0)

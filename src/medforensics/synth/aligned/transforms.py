@@ -235,7 +235,7 @@ def tiled(fn, x: np.ndarray, tile: int = 256, halo: int = 16, offset: int = 0) -
 # --------------------------------------------------------------------------- transforms
 @dataclass
 class Transform:
-    """A named round trip: ``fn(tile B×1×h×w in [0, 1], seed) → tile`` plus its parameters."""
+    """A named round trip: ``fn(tile B×1×h×w in [0, 1], seed, variant) → tile`` plus its parameters."""
 
     name: str
     kind: str  # "autoencoder" | "vq-autoencoder" | "diffusion"
@@ -244,18 +244,27 @@ class Transform:
     tile: int = 256
     halo: int = 16
 
-    def __call__(self, t: torch.Tensor, seed: int) -> torch.Tensor:
-        return self.fn(t, seed)
+    def __call__(self, t: torch.Tensor, seed: int, variant: int = 0) -> torch.Tensor:
+        return self.fn(t, seed, variant)
 
 
 def ae_transform(gen, name: str) -> Transform:
-    """Round trip through a trained :class:`~medforensics.synth.aligned.models.AlignedAEGenerator`."""
+    """Round trip through a trained :class:`~medforensics.synth.aligned.models.AlignedAEGenerator`.
+
+    Variant 0 decodes the posterior mean (KL) or the nearest codes (VQ); variants k > 0 of a KL
+    model decode a posterior sample seeded by (seed, k), so they differ even where the shifted
+    tile grid does not cut the image. VQ round trips are deterministic: their variants differ
+    only along the shifted tile borders.
+    """
     c = gen.config
     params = {"model": name, "upsampling": c["upsampling"], "stride": int(c["stride"]),
               "bottleneck": c["bottleneck"], "width": int(c["width"]), "latent_channels": int(c["latent_channels"]),
               "seed": gen.seed, "train_steps": gen.step}
     kind = "vq-autoencoder" if c["bottleneck"] == "vq" else "autoencoder"
-    return Transform(f"ae:{name}", kind, lambda t, seed: gen.round_trip(t), params)
+    def run(t: torch.Tensor, seed: int, variant: int) -> torch.Tensor:
+        return gen.round_trip(t, tl.torch_generator(seed, 0xAE) if variant else None)
+
+    return Transform(f"ae:{name}", kind, run, params, tile=128, halo=32)
 
 
 def ddpm_transform(gen, steps: int = 1, t: int = 10) -> Transform:
@@ -271,7 +280,7 @@ def ddpm_transform(gen, steps: int = 1, t: int = 10) -> Transform:
     times = [int(round(v)) for v in np.linspace(t, 0, steps + 1)[:-1]]
 
     @torch.no_grad()
-    def run(x: torch.Tensor, seed: int) -> torch.Tensor:
+    def run(x: torch.Tensor, seed: int, variant: int = 0) -> torch.Tensor:
         net.eval()
         x0 = x * 2.0 - 1.0
         eps = torch.randn(x0.shape, generator=tl.torch_generator(seed, 0xD1FF))
@@ -342,7 +351,8 @@ def align(
     chans = [padded] if padded.ndim == 2 else [padded[..., c] for c in range(padded.shape[-1])]
     offset = (GRID * int(variant)) % transform.tile
     run_seed = tl.derive_seed(int(seed), int(variant))
-    outs = [tiled(lambda t, c=c: transform(t, tl.derive_seed(run_seed, c)), ch, transform.tile, transform.halo, offset)
+    outs = [tiled(lambda t, c=c: transform(t, tl.derive_seed(run_seed, c), int(variant)), ch, transform.tile,
+                  transform.halo, offset)
             for c, ch in enumerate(chans)]
     fake = (outs[0] if padded.ndim == 2 else np.stack(outs, axis=-1))[:h, :w]
     fake = to_float(to_dtype(fake, pixels.dtype))
