@@ -102,73 +102,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-seconds", type=float, default=1500.0)
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args(argv)
-    if args.out.exists() and any(args.out.iterdir()):
-        print(f"error: {args.out} exists and is not empty", file=sys.stderr)
+    rows: list[dict] = []
+    done_series: list[dict] = []
+    prev = args.out / "results.json"
+    if prev.exists():  # resume: keep the series already measured, add the others
+        old = json.loads(prev.read_text())
+        rows, done_series = old["rows"], old["series"]
+        print(f"resuming: {len(done_series)} series already in {prev}", flush=True)
+    elif args.out.exists() and any(args.out.iterdir()):
+        print(f"error: {args.out} exists, is not empty and has no results.json", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
+    done_names = {d["series"] for d in done_series}
 
     from medforensics.detectors import load_detector
     from medforensics.engine import ScanEngine
-    from medforensics.synth.tamper3d import is_nifti_path, tamper_series
 
     manifest = {r["path"]: r for r in csv.DictReader(open(VOLUMES / "manifest.csv"))}
     dets = {name: load_detector(name) for name in ("default", "btd-ct", "btd-mri")}
     engines = {name: ScanEngine(d, series=True, max_frames=None, workers=args.workers) for name, d in dets.items()}
     t0 = time.time()
-    rows: list[dict] = []
-    done_series: list[dict] = []
     tmp = Path(tempfile.mkdtemp(prefix="series_tamper_"))
     try:
         for rel in args.series:
             if time.time() - t0 > args.max_seconds:
                 print(f"time cap reached: {rel} and later series not run", flush=True)
                 break
-            src = VOLUMES / rel
-            modality = manifest.get(rel, {}).get("modality") or ("mri" if "MR" in rel else "ct")
-            work = tmp / rel.replace("/", "__")
-            if is_nifti_path(src):
-                orig = work / "original"
-                orig.mkdir(parents=True)
-                shutil.copyfile(src, orig / src.name)
-                orig_target = orig / src.name
-            else:
-                orig_target = window_copy(src, work / "original", args.slices)
-            models = ["default", "btd-ct" if modality == "ct" else "btd-mri"]
-            ts = time.time()
-            copies = []
-            for attack in args.attacks:
-                for seed in range(args.inpaint_seeds if attack == "inpaint" else args.seeds):
-                    rng = np.random.default_rng([seed, len(attack)])
-                    r = args.inpaint_radius_mm if attack == "inpaint" else float(rng.uniform(*args.radius_mm))
-                    out = work / f"{attack}_s{seed}"
-                    gt = tamper_series(orig_target, out, attack, seed=seed, radius_mm=r,
-                                       model=dets[models[1]] if attack == "inpaint" else None)
-                    target = out / src.name if is_nifti_path(src) else out
-                    mod_slices = sorted(f["slice"] for f in gt["written"]["files"] if f.get("modified") and "slice" in f) \
-                        or list(gt["ground_truth"]["slices"])
-                    copies.append((attack, seed, target, gt, mod_slices))
-                    print(f"[{time.time() - t0:6.0f}s] {rel}: {attack} seed {seed} r={r:.1f} mm record={gt['record']}",
-                          flush=True)
-            t_attack = time.time() - ts
-            for model in models:
-                ts = time.time()
-                rec0 = scan_folder(engines[model], dets[model], orig_target)
-                base = {"series": rel, "modality": modality, "model": model, "n_slices": rec0["n_slices"]}
-                rows.append({**base, "attack": "none", "seed": None, "label": 0, "series_score": rec0["score"],
-                             "slice_scores": rec0["slice_scores"], "tampered_slices": [], "hit": None,
-                             "top_region": (rec0["regions"] or [None])[0]})
-                for attack, seed, target, gt, mod_slices in copies:
-                    rec = scan_folder(engines[model], dets[model], target)
-                    top = (rec["regions"] or [None])[0]
-                    rows.append({**base, "attack": attack, "seed": seed, "label": 1, "series_score": rec["score"],
-                                 "slice_scores": rec["slice_scores"], "tampered_slices": mod_slices,
-                                 "record": gt["record"], "hit": hit(top, gt), "top_region": top,
-                                 "n_regions": len(rec["regions"]),
-                                 "transfer_syntax": sorted({f.get("transfer_syntax", "") for f in gt["written"]["files"]
-                                                            if f.get("modified")})})
-                print(f"[{time.time() - t0:6.0f}s] {rel}: scanned with {model} in {time.time() - ts:.0f}s", flush=True)
-            done_series.append({"series": rel, "modality": modality, "n_slices": rec0["n_slices"],
-                                "attack_seconds": round(t_attack, 1)})
+            if rel in done_names:
+                continue
+            try:
+                run_series(args, rel, tmp, manifest, dets, engines, rows, done_series, t0)
+            except Exception as exc:  # one bad series never ends the run: it is reported
+                print(f"{rel}: skipped: {exc}", flush=True)
+                done_series.append({"series": rel, "error": str(exc)})
             write(args, rows, done_series, time.time() - t0)
     finally:
         for e in engines.values():
@@ -176,6 +142,57 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     write(args, rows, done_series, time.time() - t0)
     return 0
+
+
+def run_series(args, rel, tmp, manifest, dets, engines, rows, done_series, t0) -> None:
+    from medforensics.synth.tamper3d import is_nifti_path, tamper_series
+
+    src = VOLUMES / rel
+    modality = manifest.get(rel, {}).get("modality") or ("mri" if "MR" in rel else "ct")
+    work = tmp / rel.replace("/", "__")
+    if is_nifti_path(src):
+        orig = work / "original"
+        orig.mkdir(parents=True)
+        shutil.copyfile(src, orig / src.name)
+        orig_target = orig / src.name
+    else:
+        orig_target = window_copy(src, work / "original", args.slices)
+    models = ["default", "btd-ct" if modality == "ct" else "btd-mri"]
+    ts = time.time()
+    copies = []
+    for attack in args.attacks:
+        for seed in range(args.inpaint_seeds if attack == "inpaint" else args.seeds):
+            rng = np.random.default_rng([seed, len(attack)])
+            r = args.inpaint_radius_mm if attack == "inpaint" else float(rng.uniform(*args.radius_mm))
+            out = work / f"{attack}_s{seed}"
+            gt = tamper_series(orig_target, out, attack, seed=seed, radius_mm=r,
+                               model=dets[models[1]] if attack == "inpaint" else None)
+            target = out / src.name if is_nifti_path(src) else out
+            mod_slices = sorted(f["slice"] for f in gt["written"]["files"] if f.get("modified") and "slice" in f) \
+                or list(gt["ground_truth"]["slices"])
+            copies.append((attack, seed, target, gt, mod_slices))
+            print(f"[{time.time() - t0:6.0f}s] {rel}: {attack} seed {seed} r={r:.1f} mm record={gt['record']}",
+                  flush=True)
+    t_attack = time.time() - ts
+    for model in models:
+        ts = time.time()
+        rec0 = scan_folder(engines[model], dets[model], orig_target)
+        base = {"series": rel, "modality": modality, "model": model, "n_slices": rec0["n_slices"]}
+        rows.append({**base, "attack": "none", "seed": None, "label": 0, "series_score": rec0["score"],
+                     "slice_scores": rec0["slice_scores"], "tampered_slices": [], "hit": None,
+                     "top_region": (rec0["regions"] or [None])[0]})
+        for attack, seed, target, gt, mod_slices in copies:
+            rec = scan_folder(engines[model], dets[model], target)
+            top = (rec["regions"] or [None])[0]
+            rows.append({**base, "attack": attack, "seed": seed, "label": 1, "series_score": rec["score"],
+                         "slice_scores": rec["slice_scores"], "tampered_slices": mod_slices,
+                         "record": gt["record"], "hit": hit(top, gt), "top_region": top,
+                         "n_regions": len(rec["regions"]),
+                         "transfer_syntax": sorted({f.get("transfer_syntax", "") for f in gt["written"]["files"]
+                                                    if f.get("modified")})})
+        print(f"[{time.time() - t0:6.0f}s] {rel}: scanned with {model} in {time.time() - ts:.0f}s", flush=True)
+    done_series.append({"series": rel, "modality": modality, "n_slices": rec0["n_slices"],
+                        "attack_seconds": round(t_attack, 1)})
 
 
 def summarise(rows: list[dict]) -> list[dict]:

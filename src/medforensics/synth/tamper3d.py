@@ -579,6 +579,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Dico
     if not root.is_dir():
         raise SeriesError(f"{root}: not a folder")
     groups: dict[str, list[tuple[Path, Any]]] = {}
+    no_uid = 0
     for p in sorted(x for x in root.rglob("*") if x.is_file()):
         try:
             with warnings.catch_warnings():
@@ -587,10 +588,15 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Dico
         except Exception:
             continue  # not DICOM (README, JSON...): skipped
         uid = str(ds.get("SeriesInstanceUID", "") or "")
-        if uid and "Rows" in ds:
-            groups.setdefault(uid, []).append((p, ds))
+        if "Rows" not in ds:
+            continue
+        if not uid:
+            no_uid += 1
+            continue
+        groups.setdefault(uid, []).append((p, ds))
     if not groups:
-        raise SeriesError(f"{root}: no DICOM image files with a SeriesInstanceUID")
+        extra = f" ({no_uid} image file(s) lack the SeriesInstanceUID that groups a series)" if no_uid else ""
+        raise SeriesError(f"{root}: no DICOM image files with a SeriesInstanceUID{extra}")
     if series_uid is None:
         if len(groups) > 1:
             listing = ", ".join(f"{u} ({len(v)} files)" for u, v in groups.items())
