@@ -207,10 +207,19 @@ def summarise(rows: list[dict]) -> list[dict]:
         pos = [r["slice_scores"][k] for r in tam for k in r["tampered_slices"] if k < len(r["slice_scores"])]
         sl_auc = auc_ci(neg, pos)
         hits = [bool(r["hit"]) for r in tam]
+        # paired view: each copy against its own original (same series, same model)
+        base = {r["series"]: r for r in orig}
+        d_series = [r["series_score"] - base[r["series"]]["series_score"] for r in tam if r["series"] in base]
+        d_slice = [r["slice_scores"][k] - base[r["series"]]["slice_scores"][k] for r in tam if r["series"] in base
+                   for k in r["tampered_slices"] if k < min(len(r["slice_scores"]), len(base[r["series"]]["slice_scores"]))]
         table.append({"modality": modality, "model": model, "attack": attack, "series_auc": s_auc,
                       "slice_auc": sl_auc, "hit_rate": round(float(np.mean(hits)), 3) if hits else None,
                       "hits": int(sum(hits)), "n_copies": len(tam), "n_originals": len(orig),
-                      "with_region": int(sum(1 for r in tam if r["top_region"]))})
+                      "with_region": int(sum(1 for r in tam if r["top_region"])),
+                      "paired_series_delta_mean": round(float(np.mean(d_series)), 4) if d_series else None,
+                      "paired_series_up": int(sum(d > 0 for d in d_series)),
+                      "paired_slice_delta_mean": round(float(np.mean(d_slice)), 4) if d_slice else None,
+                      "paired_slice_up_frac": round(float(np.mean([d > 0 for d in d_slice])), 3) if d_slice else None})
     return table
 
 
@@ -223,11 +232,14 @@ def write(args, rows, done, seconds) -> None:
     (args.out / "results.json").write_text(json.dumps(
         {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
          "series": done, "seconds": round(seconds, 1), "summary": table, "rows": rows}, indent=1, default=str))
-    lines = ["| modality | model | attack | series AUC [95% CI] | slice AUC [95% CI] | loc. hit | originals / copies | tampered slices |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| modality | model | attack | series AUC [95% CI] | slice AUC [95% CI] | loc. hit | originals / copies "
+             "| tampered slices | copies scoring above own original | mean Δ slice score (tampered slices) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for t in table:
         lines.append(f"| {t['modality']} | {t['model']} | {t['attack']} | {fmt(t['series_auc'])} | {fmt(t['slice_auc'])} "
-                     f"| {t['hits']}/{t['n_copies']} | {t['n_originals']} / {t['n_copies']} | {t['slice_auc']['n_fake']} |")
+                     f"| {t['hits']}/{t['n_copies']} | {t['n_originals']} / {t['n_copies']} | {t['slice_auc']['n_fake']} "
+                     f"| {t['paired_series_up']}/{t['n_copies']} | {t['paired_slice_delta_mean']:+.4f} "
+                     f"({100 * t['paired_slice_up_frac']:.0f} % up) |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
 
 
