@@ -59,37 +59,29 @@ def _pin(report: InstanceReport, code: str, severity: str, message: str, evidenc
     return Finding(code, severity, message, evidence, "series", report.path)
 
 
-def _geometry(rs: list[InstanceReport]) -> list[Finding]:
+def _odd_ones_out(code: str, severity: str, rs: list[InstanceReport], facts: str, note: str = "") -> list[Finding]:
+    """A finding ``code`` on each slice whose value of a ``facts`` attribute differs from the series'."""
     out = []
-    keys = rs[0].facts.get("geometry", {}).keys() if rs else []
+    keys = rs[0].facts.get(facts, {}).keys() if rs else []
     for key in keys:
-        values = [r.facts.get("geometry", {}).get(key) for r in rs]
+        values = [r.facts.get(facts, {}).get(key) for r in rs]
         found = _minority(values)
         if found is None:
             continue
         value, others = found
         for i in others:
-            out.append(_pin(rs[i], "inconsistent_geometry_in_series", "medium",
-                            f"{key} is {values[i]} in this slice but {value} in the rest of its series.",
+            out.append(_pin(rs[i], code, severity,
+                            f"{key} is {values[i]!r} in this slice but {value!r} in the rest of its series{note}.",
                             {"attribute": key, "value": values[i], "series_value": value}))
     return out
+
+
+def _geometry(rs: list[InstanceReport]) -> list[Finding]:
+    return _odd_ones_out("inconsistent_geometry_in_series", "medium", rs, "geometry")
 
 
 def _constant_tags(rs: list[InstanceReport]) -> list[Finding]:
-    out = []
-    keys = rs[0].facts.get("constant", {}).keys() if rs else []
-    for key in keys:
-        values = [r.facts.get("constant", {}).get(key) for r in rs]
-        found = _minority(values)
-        if found is None:
-            continue
-        value, others = found
-        for i in others:
-            out.append(_pin(rs[i], "header_differs_from_series", "medium",
-                            f"{key} is {values[i]!r} in this slice but {value!r} in the rest of its series "
-                            "(normally constant within a series).",
-                            {"attribute": key, "value": values[i], "series_value": value}))
-    return out
+    return _odd_ones_out("header_differs_from_series", "medium", rs, "constant", " (normally constant within a series)")
 
 
 def _uid_prefix(uid: str, k: int) -> str:
