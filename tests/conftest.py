@@ -161,3 +161,21 @@ def tiny_model_dir(tmp_path_factory):
     det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
     det.set_threshold(0.5, method="test")
     return det.save(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_detector(tiny_model_dir):
+    """The detector of :func:`tiny_model_dir`, loaded once."""
+    from medforensics.detectors import load_detector
+
+    return load_detector(tiny_model_dir)
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

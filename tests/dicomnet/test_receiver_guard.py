@@ -30,7 +30,6 @@ from pydicom.uid import (  # noqa: E402
     SecondaryCaptureImageStorage,
 )
 
-from medforensics.detectors import create_detector  # noqa: E402
 from medforensics.dicomnet.guard import DecodeBudget, PeerGate, RefusedInstance  # noqa: E402
 from medforensics.dicomnet.scp import OUT_OF_RESOURCES, DicomReceiver, storescu_profile  # noqa: E402
 from medforensics.store import ResultStore  # noqa: E402
@@ -40,8 +39,8 @@ STORESCU = shutil.which("storescu")
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
+def detector(tiny_detector):
+    return tiny_detector
 
 
 def _ct(tmp_path: Path, uid: str, ts=ExplicitVRLittleEndian) -> Path:

@@ -18,7 +18,6 @@ import pytest
 
 pytest.importorskip("pynetdicom")
 
-from medforensics.detectors import create_detector  # noqa: E402
 from medforensics.dicomnet.scp import (  # noqa: E402
     CANNOT_UNDERSTAND, DicomReceiver, image_storage_classes, storescu_profile)
 from medforensics.io import all_sample_dicoms  # noqa: E402
@@ -61,8 +60,8 @@ def sample_images() -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
+def detector(tiny_detector):
+    return tiny_detector
 
 
 class Hook(BaseHTTPRequestHandler):
@@ -210,17 +209,12 @@ def test_survives_garbage_aborts_and_malformed_datasets(detector, tmp_path, monk
 
 
 @needs_dcmtk
-def test_dicom_listen_cli(tmp_path):
+def test_dicom_listen_cli(tmp_path, tiny_model_dir, free_port):
     from typer.testing import CliRunner
 
     from medforensics.cli import app
 
-    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
-    det.set_threshold(0.5, method="test")
-    model = det.save(tmp_path / "model")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    model, port = tiny_model_dir, free_port
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     good = _ct_file(tmp_path, "1.2.826.0.1.3680043.8.498.2")
     sent: list[int] = []

@@ -15,7 +15,6 @@ import pytest
 
 pytest.importorskip("pynetdicom")
 
-from medforensics.detectors import create_detector  # noqa: E402
 from medforensics.dicomnet.scp import DicomReceiver  # noqa: E402
 from medforensics.dicomnet.series import SeriesTracker  # noqa: E402
 from medforensics.results import ScanResult  # noqa: E402
@@ -142,8 +141,8 @@ def test_bad_settings_are_refused():
 
 # ---------------------------------------------------------------------- through the network
 @pytest.fixture(scope="module")
-def detector():
-    return create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
+def detector(tiny_detector):
+    return tiny_detector
 
 
 def write_series(folder: Path, n: int, *, series: str = SERIES, first: int = 0) -> list[Path]:
@@ -280,7 +279,7 @@ def test_storescu_study_gets_a_series_verdict_right_after_release(detector, tmp_
     store.close()
 
 
-def test_dicom_listen_prints_and_stores_series_verdicts(tmp_path):
+def test_dicom_listen_prints_and_stores_series_verdicts(tmp_path, tiny_model_dir, free_port):
     import signal
     import socket
     import threading
@@ -291,12 +290,7 @@ def test_dicom_listen_prints_and_stores_series_verdicts(tmp_path):
 
     from medforensics.cli import app
 
-    det = create_detector("forensic_cnn", seed=0, width=8, patch_size=64, patch_stride=64, progress=False)
-    det.set_threshold(0.5, method="test")
-    model = det.save(tmp_path / "model")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    model, port = tiny_model_dir, free_port
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     files = write_series(tmp_path / "series", 3, series=SERIES + ".4")
     statuses: list = []
