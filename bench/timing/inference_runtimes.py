@@ -115,12 +115,15 @@ def grid_parity(args: argparse.Namespace) -> dict:
     pick = pick[: args.n]
     results = []
     t0 = time.time()
-    batch, kept = _load_prepared(det, [r.resolve(shared.root) for r in pick])
-    y = np.array([int(pick[i].label == "fake") for i in kept])
-    mods = [pick[i].modality for i in kept]
-    results.append(_compare("manifest_sample", y, mods, _scores_both(det, batch), det.threshold))
+    if args.only_test:
+        pick = []
+    if pick:
+        batch, kept = _load_prepared(det, [r.resolve(shared.root) for r in pick])
+        y = np.array([int(pick[i].label == "fake") for i in kept])
+        mods = [pick[i].modality for i in kept]
+        results.append(_compare("manifest_sample", y, mods, _scores_both(det, batch), det.threshold))
     folder = pydicom_test_files()
-    if folder is not None:
+    if folder is not None and not args.only_test:
         dcms = sorted(p for p in folder.rglob("*.dcm"))
         batch, kept = _load_prepared(det, dcms)
         sc = _scores_both(det, batch)
@@ -137,6 +140,9 @@ def grid_parity(args: argparse.Namespace) -> dict:
         tampered = make_tampered_set(test, Path(args.workdir) / "tampered" / "test", fraction=0.5, seed=0)
         test = Manifest.concat([test, tampered])
         trows = list(test)
+        if args.test_n and args.test_n < len(trows):  # a seeded subset, same share of every (modality, label)
+            order = np.random.default_rng(0).permutation(len(trows))
+            trows = [trows[i] for i in sorted(order[: args.test_n])]
         batch, kept = _load_prepared(det, [r.resolve(test.root) for r in trows])
         y = np.array([int(trows[i].label == "fake") for i in kept])
         mods = [trows[i].modality for i in kept]
@@ -320,6 +326,8 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=32, help="real images for int8 calibration")
     ap.add_argument("--n", type=int, default=200, help="grid-parity: manifest images (stratified by modality, label)")
     ap.add_argument("--test-split", action="store_true", help="grid-parity: also the shipped recipe's test split")
+    ap.add_argument("--test-n", type=int, default=None, help="grid-parity: a seeded random subset of the test split")
+    ap.add_argument("--only-test", action="store_true", help="grid-parity: only the test split")
     ap.add_argument("--workdir", default="runs/work-grid-parity", help="grid-parity: tampered test images go here")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = ap.parse_args()
