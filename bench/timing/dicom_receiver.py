@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -59,17 +60,23 @@ def decodable_images() -> list[Path]:
 
 def make_instances(sources: list[Path], n: int, folder: Path) -> list[Path]:
     """N files: the sources in turn, each copy with a new SOP Instance UID (new content)."""
-    files = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        if i < len(sources):
-            files.append(src)
-            continue
+    files = list(sources[:n])
+    writable = list(sources)
+    i = len(files)
+    while len(files) < n and writable:
+        src = writable[i % len(writable)]
         ds = pydicom.dcmread(src)
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         out = folder / f"{i:05d}.dcm"
-        ds.save_as(out)
+        try:
+            ds.save_as(out)
+        except (TypeError, ValueError) as exc:  # a sample pydicom can read but not write back (e.g. unknown VR)
+            print(f"skipping {src.name} as a copy source: {exc}", file=sys.stderr)
+            writable.remove(src)
+            out.unlink(missing_ok=True)
+            continue
         files.append(out)
+        i += 1
     return files
 
 

@@ -119,7 +119,7 @@ def child_scan(folder: Path, model: str, workers: int | None, batch: int, maps: 
     return {"model": model, "files": n, "errors": errors, "seconds": round(dt, 2), "files_per_s": round(n / dt, 1),
             "heatmaps": maps, "batch_size": batch, "decode_workers": workers_used,
             "torch_threads": torch.get_num_threads(), "peak_rss_mib": peak_rss_mib_with_children(),
-            "runtime": getattr(det, "runtime_name", "eager")}
+            "runtime": (getattr(det, "runtime", None) or {}).get("name", "eager")}
 
 
 def run_child(args: list[str], timeout: float) -> dict:
@@ -167,7 +167,7 @@ def markdown(r: dict) -> str:
         rows.append(f"| peak RSS, {n} files (MiB, scan + workers) | {fmt(v.get('peak_rss_mib', v.get('error')))} "
                     f"| < 1024, flat |")
     svc = r.get("service", {})
-    for row in svc.get("rows", []) if isinstance(svc, dict) else []:
+    for row in svc.get("runs", []) if isinstance(svc, dict) else []:
         if row.get("mode") == "scored":
             rows.append(f"| service, {row['clients']} client(s): requests/s, p50/p95 ms, errors | "
                         f"{fmt(row.get('requests_per_s'))}, {fmt(row.get('p50_ms'))}/{fmt(row.get('p95_ms'))}, "
@@ -175,8 +175,9 @@ def markdown(r: dict) -> str:
     if isinstance(svc, dict) and "error" in svc:
         rows.append(f"| service | {svc['error']} | ≥ 60 at 32 |")
     rx = r.get("receiver", {})
-    rows.append(f"| DICOM receiver, storescu (instances/s) | "
-                f"{fmt(rx.get('instances_per_s', rx.get('error')))} | ≥ 50 |")
+    new = rx.get("new_content", {}) if isinstance(rx, dict) else {}
+    rows.append(f"| DICOM receiver, storescu: acknowledged / scored (instances/s) | "
+                f"{fmt(new.get('acknowledged_per_s', rx.get('error')))} / {fmt(new.get('scored_per_s'))} | ≥ 50 |")
     return "\n".join(rows) + "\n"
 
 

@@ -11,7 +11,7 @@ request, for N in ``--clients``. Two modes per N:
 Bounded in count (``--requests`` per mode and N) and time (``--max-seconds`` per mode and N).
 Any non-200 response or per-item error counts as an error; the bench exits 1 if there is any.
 
-    OMP_NUM_THREADS=1 python bench/timing/service_load.py [--requests 200] [--clients 1 4 8] [--json out.json]
+    python bench/timing/service_load.py [--requests 200] [--clients 1 4 8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 
 from _common import emit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:
@@ -118,7 +118,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mf-load-") as tmp:
         token = TokenStore(Path(tmp) / "tokens.json").create("bench")
         port = _free_port()
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = dict(os.environ)  # torch's own thread count unless the caller sets OMP_NUM_THREADS
         cmd = [sys.executable, "-m", "medforensics.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--model", args.model, "--db", f"sqlite:///{tmp}/results.db", "--tokens-file", f"{tmp}/tokens.json",
                "--heatmap-dir", f"{tmp}/previews", "--log-level", "warning"]
@@ -153,8 +153,8 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
     out = {"bench": "service_load", "model": args.model, "host": "127.0.0.1 (loopback)",
-           "server": "medforensics serve, 1 uvicorn process, scoring serialised under the model lock",
-           "server_omp_threads": env["OMP_NUM_THREADS"], "cpu_count": os.cpu_count(),
+           "server": "medforensics serve, 1 uvicorn process, requests batched by the scan engine",
+           "server_omp_threads": env.get("OMP_NUM_THREADS", "torch default"), "cpu_count": os.cpu_count(),
            "distinct_images": len(images), "image_bytes_mean": int(np.mean([len(b) for _, b in images])),
            "server_startup_s": round(startup_s, 1), "runs": runs,
            "total_errors": sum(r["errors"] for r in runs)}
