@@ -248,7 +248,8 @@ _BLOCKED_RECEIVER = textwrap.dedent("""
     from medforensics.store import ResultStore
 
     det = load_detector(sys.argv[1])
-    det.score = lambda batch: time.sleep(3600)  # the model never answers: instances stay spooled
+    # the model never answers (whichever entry the engine uses): instances stay spooled
+    det.score = det.score_with_maps = lambda batch: time.sleep(3600)
     rx = DicomReceiver(det, ResultStore(sys.argv[2]), max_frames=1, spool_dir=sys.argv[3])
     rx.start("127.0.0.1", 0)
     print(rx.port, flush=True)
