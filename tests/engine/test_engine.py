@@ -120,9 +120,10 @@ def test_concurrent_submissions_are_batched_and_answered_correctly(det, folder):
 
         engine._forward = counting
 
-        def client(paths):
-            for p in paths:
-                res = engine.submit(ScanInput(p, name=f"upload-{p.name}")).result(timeout=120)
+        def client(paths):  # a caller with several requests in flight, like a busy service
+            futures = [(p, engine.submit(ScanInput(p, name=f"upload-{p.name}"))) for p in paths]
+            for p, fut in futures:
+                res = fut.result(timeout=120)
                 with lock:
                     got[str(p)] = (res.path, res.score)
 
