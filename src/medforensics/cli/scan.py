@@ -57,6 +57,12 @@ def scan(
                                          "decode before it is reported as an error."),
     store_phi: bool = typer.Option(False, "--store-phi", help="Store patient ID/name in the store in clear "
                                    "(default: patient ID hashed, name dropped)."),
+    roi: str | None = typer.Option(None, "--roi", help="Score only the region of interest (the BTD paper's setting): "
+                                   "'y,x[,slice]' in pixels of the source slice (slice: 0-based index in position "
+                                   "order within each series, or the frame of a multi-frame file / volume; with a "
+                                   "slice only that slice is scanned), or with --roi-space patient 'x,y,z' in mm "
+                                   "(DICOM patient coordinates; the slice is the nearest along the normal)."),
+    roi_space: str = typer.Option("pixel", "--roi-space", help="Coordinates of --roi: pixel | patient."),
 ) -> None:
     """Scan images; exit status 1 when any file failed, 0 otherwise."""
     for out in (json_out, csv_out, report):
@@ -74,6 +80,9 @@ def scan(
     if len(missing) == len(paths):
         console.print(f"[red]error:[/] {missing[0]}: file not found")
         raise typer.Exit(2)
+    roi_plan = resolve_roi(roi, roi_space, paths, db, engine) if roi is not None else None
+    if roi_plan is not None and roi_plan.inputs is not None:
+        paths = list(roi_plan.inputs)
     detector = open_model(model)
     tau = resolve_threshold(detector, threshold, fpr)
     max_frames = max_slices if max_frames is None else max_frames
@@ -97,13 +106,18 @@ def scan(
 
         scan_engine = ScanEngine(detector, threshold=tau, with_maps=report is not None, max_frames=max_frames,
                                  batch_size=batch_size, workers=decode_workers, store=store, force=force,
-                                 source="cli", decode_timeout=decode_timeout, series=series, headers=headers)
+                                 source="cli", decode_timeout=decode_timeout, series=series, headers=headers,
+                                 roi=roi_plan)
         args = run_args(paths, scan_engine.model_id, threshold=tau, max_frames=max_frames)
         results = scan_engine.scan(paths, run_args=args if store is not None else None, resume=resume)
         summary = lambda: scan_engine.summary  # noqa: E731
         cleanup.callback(scan_engine.close)
     info = {"model": model, "detector": detector.name, "threshold": tau,
             "calibration": {k: v for k, v in detector.calibration.items() if k != "real_val_scores"}}
+    if roi_plan is not None:
+        info["roi"] = roi_plan.spec.to_dict()
+        console.print(f"ROI {roi_plan.spec.to_dict()}: {len(paths)} input(s); each result's meta.roi records "
+                      "where it was scored")
     kept: list[ScanResult] = []  # for the HTML report only (small thumbnails)
     from ..engine.series import SeriesAggregator
 
@@ -165,6 +179,27 @@ def scan(
 
 
 TABLE_ROWS = 500
+
+
+def resolve_roi(text: str, space: str, paths: list[Path], db: str | None, engine: str):
+    """--roi / --roi-space → an engine RoiPlan, or exit 2 with the reason."""
+    from ..engine.roi import RoiError, parse_roi, plan_roi
+
+    if db:
+        console.print("[red]error:[/] --roi scores a region, not the image: it cannot be combined with a results "
+                      "store (--db), whose answers are whole-image scores")
+        raise typer.Exit(2)
+    if engine != "local":
+        console.print("[red]error:[/] --roi needs the local engine")
+        raise typer.Exit(2)
+    try:
+        plan = plan_roi(paths, parse_roi(text, space))
+    except RoiError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    return plan
 
 
 def open_store(db: str, store_phi: bool):

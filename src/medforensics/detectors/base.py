@@ -29,6 +29,26 @@ CARD_FILE = "MODEL_CARD.md"
 FORMAT_VERSION = 1
 
 ImageBatch = Sequence[MedImage] | np.ndarray | torch.Tensor
+#: a region-of-interest request: one centre (y, x) for every image, or one (y, x) / None per image
+Roi = tuple[float, float] | Sequence[tuple[float, float] | None] | None
+
+
+def roi_centres(roi: Roi, n: int, hw: tuple[int, int]) -> list[tuple[float, float] | None]:
+    """One centre (y, x) or None per image, checked to lie inside the H×W (preprocessed) image."""
+    if roi is None:
+        return [None] * n
+    seq = list(roi)
+    if len(seq) == 2 and all(isinstance(v, (int, float, np.integer, np.floating)) for v in seq):
+        centres: list = [(float(seq[0]), float(seq[1]))] * n
+    else:
+        if len(seq) != n:
+            raise ValueError(f"got {len(seq)} ROI centres for {n} images")
+        centres = [None if c is None else (float(c[0]), float(c[1])) for c in seq]
+    h, w = hw
+    for c in centres:
+        if c is not None and not (0 <= c[0] < h and 0 <= c[1] < w):
+            raise ValueError(f"ROI centre (y={c[0]:g}, x={c[1]:g}) lies outside the {h}×{w} image")
+    return centres
 
 
 class Detector(ABC):
@@ -101,11 +121,17 @@ class Detector(ABC):
         return torch.from_numpy(np.stack([self.preprocessing(im) for im in images]))
 
     @torch.no_grad()
-    def score(self, images: ImageBatch) -> np.ndarray:
-        """Probability of fake for each image, shape (N,), float64 in [0, 1]."""
+    def score(self, images: ImageBatch, roi: Roi = None) -> np.ndarray:
+        """Probability of fake for each image, shape (N,), float64 in [0, 1].
+
+        ``roi``: score only the region of interest around a centre (y, x) in preprocessed pixels — one
+        centre for every image, or one per image (None = the whole image); see :meth:`_roi_arrays`."""
         batch = self.prepare(images)
         if len(batch) == 0:
             return np.zeros(0)
+        if roi is not None:
+            scores, _ = self._roi_arrays(batch, roi_centres(roi, len(batch), tuple(batch.shape[-2:])), maps=False)
+            return np.asarray(scores, dtype=np.float64).reshape(-1)
         return np.asarray(self._score_arrays(batch), dtype=np.float64).reshape(-1)
 
     @torch.no_grad()
@@ -114,17 +140,62 @@ class Detector(ABC):
         return self._anomaly_map_arrays(self.prepare(images))
 
     @torch.no_grad()
-    def score_with_maps(self, images: ImageBatch) -> tuple[np.ndarray, np.ndarray | None]:
+    def score_with_maps(self, images: ImageBatch, roi: Roi = None) -> tuple[np.ndarray, np.ndarray | None]:
         """:meth:`score` and :meth:`anomaly_map` together; detectors that get both from one forward
-        pass override :meth:`_score_and_map_arrays` (the default calls the two methods)."""
+        pass override :meth:`_score_and_map_arrays` (the default calls the two methods). ``roi`` as in
+        :meth:`score`."""
         batch = self.prepare(images)
         if len(batch) == 0:
             return np.zeros(0), None
-        scores, maps = self._score_and_map_arrays(batch)
+        if roi is not None:
+            scores, maps = self._roi_arrays(batch, roi_centres(roi, len(batch), tuple(batch.shape[-2:])))
+        else:
+            scores, maps = self._score_and_map_arrays(batch)
         return np.asarray(scores, dtype=np.float64).reshape(-1), maps
 
     def _score_and_map_arrays(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         return self._score_arrays(batch), self._anomaly_map_arrays(batch)
+
+    def _roi_arrays(self, batch: torch.Tensor, centres: list[tuple[float, float] | None], maps: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (and maps) of the regions of interest around ``centres`` (preprocessed pixels, None = whole
+        image). Default: the square of side ``roi_side()`` around the centre (shifted to stay inside) is
+        cropped, resized back to the input size (bilinear) and scored as an image; its map is resized to the
+        square and placed there (zero elsewhere). Detectors that can score a region natively override this."""
+        n, _, h, w = batch.shape
+        side = self.roi_side((h, w))
+        crops, boxes = [], []
+        for i, c in enumerate(centres):
+            if c is None:
+                crops.append(batch[i])
+                boxes.append(None)
+                continue
+            y0 = min(max(0, int(round(float(c[0]) - side / 2))), h - side)
+            x0 = min(max(0, int(round(float(c[1]) - side / 2))), w - side)
+            crop = batch[i : i + 1, :, y0 : y0 + side, x0 : x0 + side]
+            crops.append(torch.nn.functional.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)[0])
+            boxes.append((y0, x0))
+        stacked = torch.stack(crops)
+        if not maps:
+            return np.asarray(self._score_arrays(stacked)), None
+        scores, crop_maps = self._score_and_map_arrays(stacked)
+        if crop_maps is None:
+            return np.asarray(scores), None
+        crop_maps = np.asarray(crop_maps, dtype=np.float32)
+        out = np.zeros((n, h, w), np.float32)
+        for i, box in enumerate(boxes):
+            if box is None:
+                out[i] = crop_maps[i]
+                continue
+            small = torch.nn.functional.interpolate(torch.from_numpy(crop_maps[i])[None, None], size=(side, side),
+                                                    mode="bilinear", align_corners=False)[0, 0].numpy()
+            out[i, box[0] : box[0] + side, box[1] : box[1] + side] = small
+        return np.asarray(scores), out
+
+    def roi_side(self, hw: tuple[int, int]) -> int:
+        """Side (preprocessed pixels) of the region of interest the default :meth:`_roi_arrays` scores:
+        half the input's shorter side."""
+        return max(1, min(hw) // 2)
 
     def predict(self, images: ImageBatch) -> tuple[np.ndarray, np.ndarray]:
         """Scores and verdicts (score >= threshold) at the calibrated operating point."""

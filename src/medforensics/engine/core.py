@@ -133,6 +133,7 @@ class _Item:
     cached: ScanResult | None = None  # a stored OK answer (kept while maps are computed for a report)
     t_ready: float = 0.0
     scored: bool = False
+    centres: list | None = None  # ROI centre per decoded frame, in the model's input pixels (engine roi)
 
 
 class _Pipeline:
@@ -168,6 +169,8 @@ class _Pipeline:
             rule = self.e.rule
             if rule is not None and d.key is not None and not item.inp.force:
                 item.previous = rule.lookup(d.key)
+            if d.error is None and self.e.roi is not None:
+                d.error = self.e._place_roi(item, d)
             if d.error is not None:
                 item.scored = True  # a fresh attempt (a stored error is always tried again)
                 self._finish(item, self.e._error_result(item.inp.reported, d.error))
@@ -207,8 +210,9 @@ class _Pipeline:
         self._score(batch)
 
     def _score(self, batch: list[_Item]) -> None:
+        roi = None if self.e.roi is None else [c for it in batch for c in (it.centres or [None] * it.decoded.n_frames)]
         try:
-            scores, maps = self.e._forward(np.concatenate([it.decoded.arrays for it in batch]))
+            scores, maps = self.e._forward(np.concatenate([it.decoded.arrays for it in batch]), roi)
         except Exception as err:  # one input must not fail its batch: score each alone to find it
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); scoring its inputs one by one", len(batch), err)
@@ -276,7 +280,9 @@ class ScanEngine:
     slice position on the result, for :class:`~medforensics.engine.series.SeriesAggregator`.
     ``headers`` runs :mod:`medforensics.headers` on every DICOM file in the decode worker; the
     file's ``score`` is then the fusion (:mod:`medforensics.engine.fusion`) of ``pixel_score`` and
-    ``header_score``, with the named ``findings`` beside them.
+    ``header_score``, with the named ``findings`` beside them. ``roi`` (an
+    :class:`~medforensics.engine.roi.RoiPlan`) scores only the region of interest of each file (the
+    frame it names, the window centred on it); ``meta["roi"]`` of each result records it.
     """
 
     def __init__(self, detector: Any, *, threshold: float | None = None, with_maps: bool = False,
@@ -285,8 +291,9 @@ class ScanEngine:
                  decode_timeout: float = DEFAULT_TIMEOUT, on_result: Callable[..., dict | None] | None = None,
                  max_wait: float = 0.005, window: int | None = None, keys: bool | None = None,
                  decode_budget: int | None = None, cached_maps: bool = True, series: bool = False,
-                 headers: bool = False, header_threshold: float | None = None):
+                 headers: bool = False, header_threshold: float | None = None, roi: Any = None):
         self.detector = detector
+        self.roi = roi  # engine.roi.RoiPlan: score only the region of interest
         self.threshold = float(detector.threshold if threshold is None else threshold)
         self.series = bool(series)  # keep every frame's small evidence map and position (series.py)
         self.headers = bool(headers)  # DICOM header forensics fused into each DICOM file's score (fusion.py)
@@ -328,11 +335,39 @@ class ScanEngine:
         return ScanResult(path=path, error=error, threshold=self.threshold, model=self.model_id)
 
     @torch.no_grad()
-    def _forward(self, arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _forward(self, arrays: np.ndarray, roi: list | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         x = torch.from_numpy(arrays)
+        if roi is not None and any(c is not None for c in roi):
+            if self.with_maps:
+                return self.detector.score_with_maps(x, roi=roi)
+            return self.detector.score(x, roi=roi), None
         if self.with_maps:
             return self.detector.score_with_maps(x)
         return self.detector.score(x), None
+
+    def _place_roi(self, item: _Item, d: Decoded) -> str | None:
+        """Keep the ROI's frame and put its centre (model input pixels) on ``item``; an error message or None."""
+        from .roi import RoiError, centre_in_input
+
+        target = self.roi.target(item.inp.path)
+        if target is None:
+            return None
+        if target.frame is not None:
+            keep = [i for i, m in enumerate(d.metas) if m.get("frame_index", 0) == target.frame]
+            if not keep:
+                n = d.metas[0].get("n_frames", d.n_frames) if d.metas else 0
+                if 0 <= target.frame < n:
+                    return (f"ROI slice {target.frame} was not decoded (frames are subsampled to max_frames "
+                            f"{self.max_frames}; raise it)")
+                return f"ROI slice {target.frame} is out of range: the file has {n} frame(s) (0–{n - 1})"
+            d.arrays, d.metas = d.arrays[keep], [d.metas[i] for i in keep]
+        try:
+            item.centres = [centre_in_input(target, m, self.detector.preprocessing) for m in d.metas]
+        except RoiError as err:
+            return str(err)
+        for m, c in zip(d.metas, item.centres):
+            m["roi"] = {**target.record(self.roi.spec), "input_y": round(c[0], 3), "input_x": round(c[1], 3)}
+        return None
 
     def _assemble(self, item: _Item, scores: np.ndarray, maps: np.ndarray | None) -> ScanResult:
         d = item.decoded

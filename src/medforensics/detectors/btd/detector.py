@@ -58,6 +58,7 @@ from .model import (
     reverse_steps,
     to_model_range,
 )
+from .search import MIN_Z_SCALE, check_window_norm, fit_norm, max_map, standardise, window_features
 from .patches import (
     extract_windows,
     merge_windows,
@@ -102,6 +103,13 @@ DEFAULTS: dict[str, Any] = {
     "aggregate": "max",  # window scores → image score: "max" | "mean"
     "score_region": "full",  # "full" patch/window | "center" square of center_patch px
     "center_patch": 32,
+    # search mode (module docstring): "residual" = the paper's window score (mean (x₀ − x′)², unchanged);
+    # "z" = each search_window × search_window window's log residual energy standardised by real residual
+    # statistics at the same input intensity / texture (``window_norm``, fitted by fit_window_norm)
+    "window_score": "residual",
+    "search_window": 32,
+    "search_stride": 16,
+    "window_norm": None,
     # training
     "steps": 2000,
     "batch_size": 16,
@@ -161,6 +169,13 @@ class BTDDetector(Detector):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {c['aggregate']!r}")
         if c["score_region"] not in ("full", "center"):
             raise ValueError(f"score_region must be 'full' or 'center', got {c['score_region']!r}")
+        if c["window_score"] not in ("residual", "z"):
+            raise ValueError(f"window_score must be 'residual' or 'z', got {c['window_score']!r}")
+        for key in ("search_window", "search_stride"):
+            if int(c[key]) <= 0:
+                raise ValueError(f"{key} must be positive, got {c[key]}")
+        if c["window_norm"] is not None:
+            check_window_norm(c["window_norm"])
         factor = 2 ** (len(c["channel_mult"]) - 1)
         for key in ("patch_size", "window", "train_patch"):
             v = c[key]
@@ -370,11 +385,125 @@ class BTDDetector(Detector):
 
     def _analyse(self, batch: torch.Tensor, centers: Sequence[tuple[float, float] | None] | None = None,
                  d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw maps N×H×W, raw scores N) for a model-channel batch."""
+        """(raw maps N×H×W, raw scores N) for a model-channel batch; in search mode (``window_score="z"``)
+        the maps and scores are window z-scores (:mod:`.search`)."""
+        if self._z_mode():
+            return self._search(batch, centers, d)
         if centers is None:
             maps, win_scores, _ = self._sliding(batch, d)
             return maps, self._aggregate(win_scores)
         return self._centred(batch, centers, d)
+
+    # ------------------------------------------------------------------ search mode (window z-scores)
+    def _z_mode(self) -> bool:
+        if self.config["window_score"] != "z" or self.__dict__.get("_force_residual"):
+            return False
+        if not self.config["window_norm"]:
+            raise ValueError("window_score='z' needs real residual statistics (window_norm): fit them with "
+                             "BTDDetector.fit_window_norm (bench/btd_paper_setting/window_normalisation.py)")
+        return True
+
+    def _search(self, batch: torch.Tensor, centers: Sequence[tuple[float, float] | None] | None = None,
+                d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window z maps N×H×W (per pixel the max z of the windows covering it) and scores N (max z); with
+        ``centers``, the z of the ``search_window`` square centred on each centre (its residual from the
+        ``patch_size`` patch around the centre, as in :meth:`_centred`)."""
+        norm = self.config["window_norm"]
+        n, _, h, w = batch.shape
+        if centers is None or all(c is None for c in centers):
+            maps, _, _ = self._sliding(batch, d)
+            r, m, s, positions, win = window_features(batch.mean(1), maps, norm["window"], norm["stride"])
+            z = torch.from_numpy(standardise(norm, r, m, s))
+            return max_map(z, positions, win, (h, w)), z.amax(1).float()
+        if len(centers) != n:
+            raise ValueError(f"got {len(centers)} centres for {n} images")
+        out_maps, scores = torch.full((n, h, w), -1e6), torch.zeros(n)
+        rest = [i for i, c in enumerate(centers) if c is None]
+        if rest:
+            out_maps[rest], scores[rest] = self._search(batch[rest], None, d)
+        idx = [i for i, c in enumerate(centers) if c is not None]
+        res_maps = torch.zeros((n, h, w))
+        res_maps[idx] = self._centred(batch[idx], [centers[i] for i in idx], d)[0]
+        win = int(min(norm["window"], h, w))
+        for i in idx:
+            c = centers[i]
+            y0 = min(max(0, int(round(float(c[0]) - win / 2))), h - win)
+            x0 = min(max(0, int(round(float(c[1]) - win / 2))), w - win)
+            img = batch[i].mean(0)[y0 : y0 + win, x0 : x0 + win][None]
+            r, m, s, _, _ = window_features(img, res_maps[i, y0 : y0 + win, x0 : x0 + win][None], win, win)
+            z = float(standardise(norm, r, m, s)[0, 0])
+            scores[i] = z
+            out_maps[i, y0 : y0 + win, x0 : x0 + win] = z
+        return out_maps, scores
+
+    @torch.no_grad()
+    def fit_window_norm(self, reals: Sequence[torch.Tensor] | torch.Tensor, val: Sequence[torch.Tensor] | torch.Tensor,
+                        *, bins: int = 8, min_count: int = 30, window: int | None = None, stride: int | None = None,
+                        source: str = "") -> dict[str, Any]:
+        """Search mode: fit the real window-residual statistics on ``reals`` (preprocessed real slices, C×H×W
+        each), then calibrate the window-z score on ``val`` reals (τ at ``target_fpr``) and switch this
+        detector to ``window_score="z"``. The residual-score calibration is kept beside it
+        (:meth:`set_window_score` switches back). Returns a summary."""
+        from ...eval.calibration import calibrate
+
+        c = self.config
+        window, stride = int(window or c["search_window"]), int(stride or c["search_stride"])
+        t0 = time.time()
+        old = c["window_norm"] or {}
+        residual_cal = (old["calibration"]["residual"] if c["window_score"] == "z" and "calibration" in old
+                        else self._calibration_record("residual"))
+        feats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        step = max(1, int(c["window_batch"]) // 4)
+        self._force_residual = True
+        try:
+            for start in progress(range(0, len(reals), step), "btd window statistics", enabled=c["progress"]):
+                batch = self._to_model_channels(torch.stack([torch.as_tensor(x) for x in reals[start : start + step]]))
+                maps, _, _ = self._sliding(batch)
+                r, m, s, _, _ = window_features(batch.mean(1), maps, window, stride)
+                feats.append((r.ravel(), m.ravel(), s.ravel()))
+        finally:
+            self._force_residual = False
+        r, m, s = (np.concatenate([f[k] for f in feats]) for k in range(3))
+        norm = fit_norm(r, m, s, bins=bins, min_count=min_count, window=window, stride=stride)
+        norm.update(n_images=len(reals), source=source)
+        c["window_norm"], c["window_score"] = norm, "z"
+        zmax = []
+        for start in range(0, len(val), step):
+            batch = self._to_model_channels(torch.stack([torch.as_tensor(x) for x in val[start : start + step]]))
+            zmax.append(self._search(batch)[1].double().numpy())
+        z = np.concatenate(zmax)
+        q25, q50, q75 = np.percentile(z, [25, 50, 75])
+        norm["z_center"] = float(q50)
+        norm["z_scale"] = float(max((q75 - q25) / 1.349 if len(z) >= 4 else np.std(z), MIN_Z_SCALE))
+        probs = self.probability(z)
+        cal = calibrate(probs, float(c["target_fpr"]))
+        self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
+                           score_map="sigmoid((max window z - z_center) / z_scale)", window_score="z",
+                           real_val_scores=[round(float(v), 8) for v in np.sort(probs)])
+        norm["calibration"] = {"residual": residual_cal, "z": self._calibration_record("z")}
+        return {"window_norm_images": len(reals), "window_norm_windows": int(r.size), "val_images": len(val),
+                "val_max_z_median": norm["z_center"], "threshold": self.threshold,
+                "achieved_fpr": self.calibration.get("achieved_fpr"), "seconds": round(time.time() - t0, 1)}
+
+    def _calibration_record(self, mode: str) -> dict[str, Any]:
+        return {"threshold": self.threshold, "calibration": dict(self.calibration), "window_score": mode}
+
+    def set_window_score(self, mode: str) -> None:
+        """Switch between the paper's window score (``"residual"``) and search mode (``"z"``), with each
+        one's stored calibration (τ, real validation scores); "z" needs fitted statistics."""
+        if mode not in ("residual", "z"):
+            raise ValueError(f"window_score must be 'residual' or 'z', got {mode!r}")
+        norm = self.config["window_norm"]
+        if mode == "z" and not norm:
+            raise ValueError("no window statistics: fit them first (fit_window_norm)")
+        if mode == self.config["window_score"]:
+            return
+        if norm and "calibration" in norm:
+            norm["calibration"][self.config["window_score"]] = self._calibration_record(self.config["window_score"])
+            rec = norm["calibration"].get(mode)
+            if rec:
+                self.threshold, self.calibration = float(rec["threshold"]), dict(rec["calibration"])
+        self.config["window_score"] = mode
 
     # ------------------------------------------------------------------ public scoring API
     def raw_scores(self, images: ImageBatch, centers: Sequence[tuple[float, float] | None] | None = None,
@@ -402,13 +531,20 @@ class BTDDetector(Detector):
         return {"raw": raw_np, "score": self.probability(raw_np), "map": self._normalise_maps(maps.numpy())}
 
     def probability(self, raw: np.ndarray | Sequence[float]) -> np.ndarray:
-        """Monotone map raw score → [0, 1]: σ((log s − m) / c) with m, c from real validation scores."""
+        """Monotone map raw score → [0, 1]: σ((log s − m) / c) with m, c from real validation scores; in
+        search mode σ((z − m) / c) with m, c from the real validation max window z."""
+        if self._z_mode() and "z_center" in self.config["window_norm"]:
+            norm = self.config["window_norm"]
+            return expit((np.asarray(raw, dtype=np.float64) - norm["z_center"]) / norm["z_scale"])
         logs = np.log(np.asarray(raw, dtype=np.float64) + _EPS)
         return expit((logs - self.score_center) / self.score_scale)
 
     def raw_threshold(self) -> float:
         """τ expressed as a raw score (inverse of :meth:`probability`)."""
         tau = min(max(self.threshold, 1e-12), 1 - 1e-12)
+        if self._z_mode() and "z_center" in self.config["window_norm"]:
+            norm = self.config["window_norm"]
+            return float(norm["z_center"] + norm["z_scale"] * float(logit(tau)))
         return float(math.exp(self.score_center + self.score_scale * float(logit(tau))) - _EPS)
 
     def score_patch(self, images: ImageBatch, centers: Sequence[tuple[float, float] | None] | tuple[float, float],
@@ -436,6 +572,8 @@ class BTDDetector(Detector):
 
     def _normalise_maps(self, maps: np.ndarray) -> np.ndarray:
         maps = np.asarray(maps, dtype=np.float32)
+        if self._z_mode():  # z maps on the score's probability scale: the map's maximum is the score
+            return self.probability(maps).astype(np.float32)
         if self.map_scale > 0:
             return np.clip(maps / self.map_scale, 0.0, 1.0)
         scale = np.array([robust_scale(m, float(self.config["map_percentile"])) for m in maps], dtype=np.float32)
@@ -451,6 +589,14 @@ class BTDDetector(Detector):
         """Score and heat-map from one back-in-time pass."""
         maps, raw = self._analyse(self._to_model_channels(batch))
         return self.probability(raw.double().numpy()), self._normalise_maps(maps.numpy())
+
+    def _roi_arrays(self, batch: torch.Tensor, centres: list[tuple[float, float] | None], maps: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The paper's setting: only the ``patch_size`` patch centred on each ROI centre goes back in time
+        (scored over the whole patch or its ``center_patch`` square, ``score_region``); in search mode the
+        z of the ``search_window`` square centred on it. None = the whole image."""
+        out_maps, raw = self._analyse(self._to_model_channels(batch), centres)
+        return self.probability(raw.double().numpy()), self._normalise_maps(out_maps.numpy()) if maps else None
 
     # ------------------------------------------------------------------ training
     def _load_reals(self, dataset: Sequence[dict], what: str) -> tuple[list[torch.Tensor], dict[str, Any]]:
@@ -562,6 +708,8 @@ class BTDDetector(Detector):
             summary["val_denoising_loss"] = self._denoising_loss([pad_to_min(v[None], self.train_patch)[0]
                                                                    for v in val_pool])
         summary.update(self.calibrate(val_pool or pool, source="real_val" if val_pool else "real_train"))
+        if c["window_score"] == "z":  # search mode: window statistics on the training reals, τ on val reals
+            summary["window_norm"] = self.fit_window_norm(pool, val_pool or pool, source="train reals")
         self.training_summary = summary
         return summary
 
@@ -570,6 +718,13 @@ class BTDDetector(Detector):
         from ...eval.calibration import calibrate
 
         c = self.config
+        if c["window_score"] == "z" and not self.__dict__.get("_force_residual"):
+            # the residual score's calibration here; search mode's is fit_window_norm's
+            self._force_residual = True
+            try:
+                return self.calibrate(reals, source)
+            finally:
+                self._force_residual = False
         rng = np.random.default_rng(self.seed)
         raw, pixels, t0 = [], [], time.time()
         n = len(reals)
