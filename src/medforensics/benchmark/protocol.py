@@ -5,7 +5,10 @@ Views:
 - ``matched`` — every image, real or fake, is first standardised to the model size and then put
   through one identical processing chain (:class:`~medforensics.data.processing.MatchedProcessing`,
   by default a 0.5× bicubic resize round trip and JPEG q=85), so differences in file history
-  between the classes are overwritten and a detector cannot win on them.
+  between the classes are overwritten and a detector cannot win on them;
+- ``laundered`` — like ``matched`` with the lighter chain :data:`LAUNDERING` (0.875× bicubic resize
+  round trip, then JPEG q=80), the processing an image picks up when it is re-saved: a detector
+  whose score rests on file history loses it, one that sees generation traces should not.
 
 Fakes whose anatomy has no real counterpart in their modality (see
 :func:`medforensics.data.anatomy_matched`) are reported apart: every table has an
@@ -28,7 +31,9 @@ from ..detectors.components.progress import progress
 from ..eval.tables import metric_table, per_generator_metrics, per_group_metrics
 from ..io import UnreadableImageError, standardise
 
-VIEWS = ("plain", "matched")
+VIEWS = ("plain", "matched", "laundered")
+#: the laundered view's chain, applied to every image of both classes (after standardising)
+LAUNDERING = MatchedProcessing(scale=0.875, jpeg_quality=80)
 
 
 @dataclass
@@ -43,19 +48,20 @@ class ScoredSet:
 
 class ViewTransform:
     """Test-time transform of a view: standardise to the model size, the identical processing chain
-    (matched view only), then an optional robustness perturbation — on real and fake alike."""
+    (matched and laundered views; ``chain`` overrides the view's own), then an optional robustness
+    perturbation — on real and fake alike."""
 
     def __init__(self, size: int, fit: str, view: str = "matched", chain: MatchedProcessing | None = None,
                  perturbation: Callable[[np.ndarray], np.ndarray] | None = None):
         if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r} (plain | matched)")
+            raise ValueError(f"unknown view {view!r} ({' | '.join(VIEWS)})")
         self.size, self.fit, self.view = size, fit, view
-        self.chain = chain or MatchedProcessing()
+        self.chain = chain or (LAUNDERING if view == "laundered" else MatchedProcessing())
         self.perturbation = perturbation
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         out = standardise(pixels, self.size, fit=self.fit)
-        if self.view == "matched":
+        if self.view in ("matched", "laundered"):
             out = self.chain(out)
         return out if self.perturbation is None else self.perturbation(out)
 
@@ -77,10 +83,10 @@ def score_manifest(
     The plain view without a perturbation is the detector's own preprocessing only (no transform).
     """
     if view not in VIEWS:
-        raise ValueError(f"unknown view {view!r} (plain | matched)")
+        raise ValueError(f"unknown view {view!r} ({' | '.join(VIEWS)})")
     pre = detector.preprocessing
     transform = None
-    if view == "matched" or perturbation is not None:
+    if view != "plain" or perturbation is not None:
         transform = ViewTransform(pre.size, pre.fit, view, matched, perturbation)
     dataset = ImageDataset(manifest, pre, transform=transform, seed=0)
     rows, labels, scores, errors = [], [], [], []
