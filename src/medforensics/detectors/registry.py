@@ -27,7 +27,7 @@ def register_detector(cls: D) -> D:
 
 #: Sub-packages of ``medforensics.detectors`` that register built-in detectors when imported.
 #: Adding a detector = adding its module here (and a tiny test config, see tests/detectors/tiny/).
-BUILTIN_MODULES = ("forensic_cnn", "dski", "unifd", "npr", "f3net", "btd", "reconstruction")
+BUILTIN_MODULES = ("forensic_cnn", "dski", "unifd", "npr", "f3net", "btd", "reconstruction", "zed", "fusion")
 
 #: Built-in detector modules that could not be imported (missing optional dependency): module -> reason.
 UNAVAILABLE: dict[str, str] = {}
