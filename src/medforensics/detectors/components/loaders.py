@@ -23,8 +23,17 @@ def balanced_loader(
 ) -> DataLoader:
     """A loader drawing real and fake with equal probability (with replacement), one epoch = len(dataset).
 
-    ``collate_fn`` defaults to the dataset's own ``collate`` when it has one.
+    ``collate_fn`` defaults to the dataset's own ``collate`` when it has one. A dataset that groups
+    its items itself — a ``batch_sampler(batch_size, generator)`` method returning a sampler of index
+    lists, e.g. whole real/fake pairs, balanced by construction — is batched by that sampler instead.
     """
+    make_batches = getattr(dataset, "batch_sampler", None)
+    if callable(make_batches):
+        return DataLoader(
+            dataset, batch_sampler=make_batches(batch_size, generator), num_workers=num_workers,
+            collate_fn=collate_fn if collate_fn is not None else getattr(dataset, "collate", None),
+            persistent_workers=num_workers > 0,
+        )
     labels = dataset_labels(dataset)
     counts = np.bincount(labels, minlength=2).astype(np.float64)
     if (counts == 0).any():
