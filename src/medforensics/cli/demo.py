@@ -1,13 +1,18 @@
 """``medforensics demo``: the main job on sample data shipped by pip packages.
 
 Takes the real DICOMs of ``pydicom`` / ``pydicom-data`` (CT, MR, X-ray, ultrasound, …), makes
-tampered copies of them with the tampering tool (lesion injection and removal, saved as 16-bit
-PNG so no precision is lost), adds one deliberately truncated file to show error handling, scans
-everything with the default model and writes a table, JSON and an HTML report.
+tampered copies of them with the tampering tool (lesion injection and removal) and writes them back
+into DICOM as an attacker would (:func:`medforensics.io.dicom_write.write_back_pixels`: a copy of the
+original data set, the tampered pixels in its stored representation, every other header kept), so
+that originals and copies go through the same reader. Adds one deliberately truncated file to show
+error handling, scans everything with the default model and writes a table, JSON and an HTML report.
+``inputs/tampered/ground_truth.json`` records each copy (source, attack, frame, transfer syntax, header
+elements that changed, pixels written) and ``masks/<copy>.mask.png`` the pixels written.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,45 +21,74 @@ import typer
 from PIL import Image
 
 from ..eval.report import write_scan_report
-from ..io import UnreadableImageError, load, sample_dicoms
+from ..io import IntensityConfig, UnreadableImageError, load, sample_dicoms
+from ..io.dicom_write import WriteBackError, write_back_pixels
 from ..engine import ScanEngine
 from ..outputs import result_table, write_csv, write_json
 from ..synth.tamper import tamper
 from .common import console, open_model
 
 
-def _save_png(pixels: np.ndarray, path: Path) -> None:
-    if pixels.ndim == 2:
-        Image.fromarray(np.clip(np.rint(pixels * 65535), 0, 65535).astype(np.uint16)).save(path)
-    else:
-        Image.fromarray(np.clip(np.rint(pixels * 255), 0, 255).astype(np.uint8)).save(path)
+MIN_SIDE = 64  # the tampering tool's lesions need room
 
 
-def prepare_inputs(out: Path, seed: int = 0, max_samples: int | None = None) -> Path:
-    """Copy sample DICOMs into ``out/inputs/real`` and write tampered copies to ``out/inputs/tampered``."""
+def prepare_inputs(
+    out: Path, seed: int = 0, max_samples: int | None = None, intensity: IntensityConfig | None = None,
+) -> Path:
+    """Copy sample DICOMs into ``out/inputs/real`` and write tampered DICOM copies to ``out/inputs/tampered``.
+
+    The tampering runs on the frame :func:`medforensics.io.load` reads (the middle one of a
+    multi-frame file) with ``intensity`` (the scanning model's reader settings), and the result is
+    written back into a copy of the original file. Samples whose pixels cannot be written back (or
+    read, or are too small) are skipped; each reason is printed once with the samples it covers.
+    """
     real_dir, fake_dir = out / "inputs" / "real", out / "inputs" / "tampered"
-    real_dir.mkdir(parents=True, exist_ok=True)
-    fake_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir = out / "masks"  # outside inputs/: not scanned
+    for folder in (real_dir, fake_dir, mask_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for old in [*fake_dir.glob("*"), *mask_dir.glob("*")]:  # a re-run replaces the copies (and older PNG ones)
+        if old.is_file():
+            old.unlink()
+    config = intensity or IntensityConfig()
     rng = np.random.default_rng(seed)
     samples = sorted(sample_dicoms().items())
     if max_samples is not None:  # evenly spread over the (modality-ordered) list
         samples = [samples[i] for i in np.linspace(0, len(samples) - 1, max_samples).round().astype(int)]
+    skipped: dict[str, list[str]] = {}
+    truth: list[dict] = []
     for name, src in samples:
         name = name.removesuffix(".dcm").replace("/", "_")
         dst = real_dir / f"{name}.dcm"
         shutil.copyfile(src, dst)
         try:
-            image = load(src)
+            image = load(src, intensity=config)
         except UnreadableImageError as err:
-            console.print(f"  skipped {name}: {err.reason}")
+            skipped.setdefault(f"unreadable: {err.reason}", []).append(name)
             continue
-        if min(image.pixels.shape[:2]) < 64:
+        if min(image.pixels.shape[:2]) < MIN_SIDE:
+            skipped.setdefault(f"smaller than {MIN_SIDE} pixels, too small to tamper", []).append(name)
             continue
         for kind in ("inject", "remove"):
-            tampered, _ = tamper(image, kind, rng)
-            _save_png(tampered.pixels, fake_dir / f"{name}.{kind}.png")
+            tampered, mask = tamper(image, kind, rng)
+            copy = fake_dir / f"{name}.{kind}.dcm"
+            try:
+                info = write_back_pixels(src, tampered.pixels, mask, copy, frame=image.meta.frame_index,
+                                         config=config)
+            except WriteBackError as err:
+                skipped.setdefault(f"pixels cannot be written back: {err}", []).append(f"{name} ({kind})")
+                continue
+            written = info.pop("mask")
+            mask_file = mask_dir / f"{copy.name}.mask.png"
+            Image.fromarray(written.astype(np.uint8) * 255).save(mask_file)
+            ys, xs = np.nonzero(written)
+            truth.append({"file": copy.name, "source": str(src), "attack": kind,
+                          **tampered.meta.extra["tamper"], **info, "mask": str(mask_file.relative_to(out)),
+                          "bbox_yx": [int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())]})
+    for reason, names in skipped.items():
+        console.print(f"  skipped {', '.join(names)}: {reason}")
+    (fake_dir / "ground_truth.json").write_text(json.dumps({"seed": seed, "copies": truth}, indent=1))
     broken = real_dir / "truncated.dcm"
-    data = (real_dir / sorted(p.name for p in real_dir.glob("*.dcm"))[0]).read_bytes()
+    data = (real_dir / sorted(p.name for p in real_dir.glob("*.dcm") if p != broken)[0]).read_bytes()
     broken.write_bytes(data[: len(data) // 3])
     return out / "inputs"
 
@@ -71,9 +105,10 @@ def demo(
         raise typer.Exit(2)
     out.mkdir(parents=True, exist_ok=True)
     (out / ".medforensics-demo").touch()
-    console.print(f"[bold]1/3[/] preparing sample DICOMs and tampered copies in {out / 'inputs'}")
-    inputs = prepare_inputs(out, seed, max_samples)
     detector = open_model(model)
+    preprocessing = getattr(detector, "preprocessing", None)
+    console.print(f"[bold]1/3[/] preparing sample DICOMs and tampered DICOM copies in {out / 'inputs'}")
+    inputs = prepare_inputs(out, seed, max_samples, getattr(preprocessing, "intensity", None))
     console.print(f"[bold]2/3[/] scanning with model {model!r} ({detector.name}, τ = {detector.threshold:.4f})")
     with ScanEngine(detector, with_maps=True) as engine:
         results = list(engine.scan([inputs]))

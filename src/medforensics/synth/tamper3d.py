@@ -33,7 +33,7 @@ Reading and writing as an attacker would:
   ORIGINAL header (same UIDs); native (uncompressed) transfer syntaxes are kept; a compressed one is
   re-encoded with pydicom when it has an encoder for it (RLE Lossless, JPEG 2000 Lossless, JPEG-LS
   Lossless), otherwise the slice is written as Explicit VR Little Endian — the result says which, per
-  file. Unmodified slices are copied byte for byte.
+  file (the write-back helpers live in :mod:`medforensics.io.dicom_write`, shared with ``demo``). Unmodified slices are copied byte for byte.
 * :func:`read_nifti_volume` / :func:`write_nifti_volume` do the same for NIfTI, in the scanner's
   slice convention (RAS-reoriented, axial slices in radiological display), writing the volume back in
   its original voxel order with the same affine and header and the original data type.
@@ -52,6 +52,7 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
+from ..io.dicom_write import encode_pixel_data, to_stored
 from .tamper import RngLike, _as_rng
 
 #: default lesion radius range (mm), CT-GAN's nodules are roughly 4–15 mm in radius
@@ -558,14 +559,6 @@ class DicomSeries:
     modality: str  # "ct" | "mri"
 
 
-def _stored_range(ds: Any, dtype: np.dtype) -> tuple[int, int]:
-    bits = int(ds.get("BitsStored", dtype.itemsize * 8) or dtype.itemsize * 8)
-    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
-    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    info = np.iinfo(dtype)
-    return max(lo, int(info.min)), min(hi, int(info.max))
-
-
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> DicomSeries:
     """Read one single-frame DICOM series from ``folder`` (recursively), ordered by position.
 
@@ -646,34 +639,6 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> Dico
                        series_uid, modality)
 
 
-#: compressed transfer syntaxes pydicom can re-encode losslessly (when the encoder plug-in is installed)
-def _reencodable() -> set[str]:
-    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
-
-    return {str(RLELossless), str(JPEG2000Lossless), str(JPEGLSLossless)}
-
-
-def _encode_slice(ds: Any, arr: np.ndarray) -> str:
-    """Put ``arr`` into ``ds`` keeping its transfer syntax where possible; returns the syntax written."""
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    ts = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
-    if not ts.is_compressed:
-        ds.PixelData = arr.tobytes()
-        return str(ts)
-    if str(ts) in _reencodable():
-        try:
-            ds.compress(ts, arr, generate_instance_uid=False)
-            return str(ts)
-        except Exception:
-            pass  # no encoder installed for it: fall back below
-    ds.PixelData = arr.tobytes()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds["PixelData"].is_undefined_length = False
-    ds["PixelData"].VR = "OW" if arr.dtype.itemsize > 1 else "OB"
-    return str(ExplicitVRLittleEndian)
-
-
 def write_dicom_series(series: DicomSeries, result: Tamper3DResult, out_dir: str | Path) -> dict[str, Any]:
     """Write the tampered series under ``out_dir`` (same relative file names; must not exist or be
     empty). Returns ``{"files": [{path, slice, modified, transfer_syntax}], ...}``."""
@@ -693,17 +658,15 @@ def write_dicom_series(series: DicomSeries, result: Tamper3DResult, out_dir: str
             files.append({"path": str(rel), "slice": k, "modified": False,
                           "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))})
             continue
-        lo, hi = _stored_range(ds, arr.dtype)
         new = arr.copy()
-        vals = np.rint((result.volume[k][m].astype(np.float64) - inter) / slope)
-        new[m] = np.clip(vals, lo, hi).astype(arr.dtype)
+        new[m] = to_stored(result.volume[k][m], slope, inter, ds, arr.dtype)
         if np.array_equal(new, arr):  # the change rounds away in stored values: the file stays as it was
             shutil.copyfile(p, dst)
             files.append({"path": str(rel), "slice": k, "modified": False, "n_changed_stored": 0,
                           "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))})
             continue
         ts_in = str(ds.file_meta.get("TransferSyntaxUID", ""))
-        ts_out = _encode_slice(ds, new)
+        ts_out = encode_pixel_data(ds, new)
         ds.save_as(dst, enforce_file_format=False)
         files.append({"path": str(rel), "slice": k, "modified": True, "transfer_syntax": ts_out,
                       "transfer_syntax_in": ts_in, "n_changed_stored": int((new != arr).sum())})
