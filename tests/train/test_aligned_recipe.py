@@ -214,3 +214,29 @@ def test_a_real_decoder_trace_is_learnt_and_the_shuffled_control_is_not(aligned_
     # labels permuted within pairs: nothing to learn (loss stays at ln 2) and the test AUC stays near chance
     # (an untrained network of this kind already ranks the trace at AUC 0.17-0.94 depending on its seed)
     assert control <= 0.65 and control_loss > 0.66, record
+
+
+def test_cli_aligned_recipe_writes_a_model_dir(aligned_set, tmp_path):
+    from typer.testing import CliRunner
+
+    from medforensics.cli import app
+    from medforensics.detectors import load_detector
+
+    reals, fakes, root = aligned_set
+    base = ["train", "forensic_cnn", "--recipe", "aligned", "--aligned-manifest", str(fakes.path),
+            "--manifest", str(reals.path), "--workdir", str(tmp_path / "work"), "--tamper-fraction", "0",
+            "--set", "width=8", "--set", "patch_size=32", "--set", "patch_stride=32", "--set", "epochs=1",
+            "--set", "progress=false", "--set", json.dumps({"size": SIZE, "channels": 1}).join(["preprocessing=", ""])]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "m"), "--holdout-family", "bilinear",
+                                 "--shuffle-labels", "--max-test-pairs", "4"])
+    assert result.exit_code == 0, result.output
+    det = load_detector(tmp_path / "m")
+    data = det.training_summary["data"]
+    assert data["recipe"] == "aligned" and data["holdout_family"] == "bilinear" and data["shuffle_labels"]
+    assert data["leak_check"]["passed"] and det.config["patches_per_image"] == 1
+    assert det.calibration["method"] != "default"  # τ calibrated on the validation reals
+    assert json.loads((tmp_path / "m" / "test_metrics.json").read_text())["aligned_test_pairs"]["n_fake"] == 4
+    assert "--shuffle-labels" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "m2"), "--holdout-family", "diffusion"])
+    assert bad.exit_code == 2 and "families in the set" in bad.output

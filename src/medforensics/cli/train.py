@@ -45,9 +45,38 @@ def train(
     evaluate: bool = typer.Option(True, help="Evaluate on the test split and put the numbers in the model card."),
     n_boot: int = typer.Option(100, help="Bootstrap iterations for the evaluation."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing model directory."),
+    recipe: str = typer.Option("default", "--recipe", help="default: the shared manifest's reals and fakes, "
+                               "processing matched between classes; aligned: real/aligned-fake pairs "
+                               "(--aligned-manifest), see bench/aligned_training/README.md."),
+    aligned_manifest: Path | None = typer.Option(None, "--aligned-manifest", help="aligned recipe: the manifest of "
+                                                 "`medforensics synth align` (column aligned_to). --manifest then "
+                                                 "names the reals' manifest (patient ids, splits)."),
+    holdout_family: str | None = typer.Option(None, "--holdout-family", help="aligned recipe: transform family "
+                                              "used only for validation (e.g. bilinear: every bilinear decoder)."),
+    shuffle_labels: bool = typer.Option(False, "--shuffle-labels", help="aligned recipe: swap the labels of a "
+                                        "seeded half of the pairs (the shuffled-label control)."),
+    crops_per_pair: int = typer.Option(4, "--crops-per-pair", help="aligned recipe: crops of each pair per epoch."),
+    max_val_pairs: int = typer.Option(200, "--max-val-pairs", help="aligned recipe: at most this many validation "
+                                      "pairs (held-out family)."),
+    max_test_pairs: int = typer.Option(300, "--max-test-pairs", help="aligned recipe: test-split pairs scored "
+                                       "after training (0: none)."),
+    reencode: bool = typer.Option(False, "--reencode", help="aligned recipe: write every training file through "
+                                  "one lossless PNG encoder before the format leak check."),
 ) -> None:
     """Split by patient, train with processing matched between classes, calibrate τ, save, evaluate."""
     refuse_overwrite(out / "config.json", force)
+    if recipe not in ("default", "aligned"):
+        raise typer.BadParameter(f"--recipe must be default or aligned, got {recipe!r}")
+    if recipe == "aligned":
+        return _train_aligned(
+            name, out, manifest=manifest, workdir=workdir, backbone=backbone, options=options, seed=seed,
+            tamper_fraction=tamper_fraction, evaluate=evaluate, aligned_manifest=aligned_manifest,
+            holdout_family=holdout_family, shuffle_labels=shuffle_labels, crops_per_pair=crops_per_pair,
+            max_val_pairs=max_val_pairs, max_test_pairs=max_test_pairs, reencode=reencode, modality=modality,
+            extra_train=extra_train)
+    if aligned_manifest or holdout_family or shuffle_labels or reencode:
+        raise typer.BadParameter("--aligned-manifest, --holdout-family, --shuffle-labels and --reencode belong to "
+                                 "--recipe aligned")
     m = Manifest.read(manifest) if manifest else shared_manifest()
     if modality:
         m = m.filter(lambda r: r.modality in modality)
@@ -96,3 +125,85 @@ def train(
         (out / "MODEL_CARD.md").write_text(render_model_card(det, command=command, evaluation=evaluation))
         console.print(evaluation.markdown["per_modality"])
         console.print(f"test metrics → {out / 'test_metrics.json'}; model card → {out / 'MODEL_CARD.md'}")
+
+
+def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path, backbone: str | None,
+                   options: list[str], seed: int, tamper_fraction: float, evaluate: bool,
+                   aligned_manifest: Path | None, holdout_family: str | None, shuffle_labels: bool,
+                   crops_per_pair: int, max_val_pairs: int, max_test_pairs: int, reencode: bool,
+                   modality: list[str], extra_train: list[Path]) -> None:
+    """``--recipe aligned``: see :mod:`medforensics.train.aligned`."""
+    import time
+
+    import numpy as np
+
+    from ..train.aligned import (AlignedRecipeError, LeakCheckError, aligned_training_datasets, leak_check,
+                                 pair_scores, prepare_aligned_data, training_crop)
+
+    if aligned_manifest is None or not holdout_family:
+        raise typer.BadParameter("--recipe aligned needs --aligned-manifest and --holdout-family")
+    if modality or extra_train:
+        raise typer.BadParameter("--modality and --extra-train belong to the default recipe")
+    if crops_per_pair < 1:
+        raise typer.BadParameter(f"--crops-per-pair must be >= 1, got {crops_per_pair}")
+    try:
+        aligned = Manifest.read(aligned_manifest)
+        reals = Manifest.read(manifest) if manifest else shared_manifest()
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot read a manifest: {exc}")
+        raise typer.Exit(2) from None
+    config = _parse_options(options)
+    if backbone is not None:
+        config["backbone"] = backbone
+    try:
+        det = create_detector(name, seed=seed, **config)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot create detector {name!r}: {exc}")
+        raise typer.Exit(2) from None
+    if not det.supervised:
+        console.print(f"[red]error:[/red] {name} is not supervised; the aligned recipe trains real-vs-fake detectors")
+        raise typer.Exit(2)
+    adapted = {}
+    if "patches_per_image" in det.config and "patches_per_image" not in config:
+        det.config["patches_per_image"] = adapted["patches_per_image"] = 1  # the pair crop IS the patch
+    crop = training_crop(det.config, det.preprocessing)
+    t0 = time.time()
+    try:
+        data = prepare_aligned_data(aligned, workdir, holdout_family=holdout_family, reals=reals, seed=seed,
+                                    tamper_fraction=tamper_fraction, max_val_pairs=max_val_pairs, reencode=reencode)
+        leak = leak_check(data)
+    except AlignedRecipeError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except LeakCheckError as exc:
+        console.print(f"[red]format leak check failed:[/red] {exc}")
+        raise typer.Exit(3) from None
+    data.summary["leak_check"] = {k: leak[k] for k in ("passed", "n", "container_lr_auc", "size_lr_auc", "warnings")}
+    data.summary.update(crop=crop, crops_per_pair=crops_per_pair, shuffle_labels=shuffle_labels,
+                        config_adapted=adapted, prepare_seconds=round(time.time() - t0, 1))
+    console.print(f"data: {json.dumps(data.summary)}")
+    train_set, val_set = aligned_training_datasets(data, det.preprocessing, crop, seed=seed,
+                                                   crops_per_pair=crops_per_pair, shuffle_labels=shuffle_labels)
+    summary = det.fit(train_set, val_set)
+    det.training_summary["data"] = data.summary
+    det.training_summary["manifest"] = str(aligned_manifest)
+    console.print(f"trained in {summary.get('seconds')} s; best epoch {summary.get('best_epoch')}; "
+                  f"threshold {det.threshold:.4f}")
+    args = ["train", name, "--recipe", "aligned", "--aligned-manifest", str(aligned_manifest), "--holdout-family",
+            holdout_family, "--out", str(out), "--workdir", str(workdir), "--seed", str(seed), "--tamper-fraction",
+            str(tamper_fraction), "--crops-per-pair", str(crops_per_pair), "--max-val-pairs", str(max_val_pairs)]
+    args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
+    args += (["--shuffle-labels"] if shuffle_labels else []) + (["--reencode"] if reencode else [])
+    args += ["--backbone", backbone] if backbone else []
+    command = "medforensics " + " ".join(shlex.quote(a) for a in args)
+    det.save(out, model_card=render_model_card(det, command=command))
+    console.print(f"model → {out}")
+    if evaluate and max_test_pairs > 0 and data.test_pairs:
+        pairs = data.test_pairs
+        if len(pairs) > max_test_pairs:
+            pick = np.random.default_rng([seed, 0x7E57]).choice(len(pairs), max_test_pairs, replace=False)
+            pairs = [pairs[i] for i in sorted(pick)]
+        result = pair_scores(det, pairs)
+        (out / "test_metrics.json").write_text(json.dumps({"aligned_test_pairs": result}, indent=2, default=float))
+        console.print(f"aligned test pairs (test-split reals, every family): AUC {result['auc']:.3f}; per family "
+                      + ", ".join(f"{k} {v['auc']:.3f}" for k, v in result["per_family"].items()))
