@@ -37,6 +37,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -375,11 +376,13 @@ def demo_set(models: list[dict], work: Path) -> dict[str, Any]:
     from medforensics.engine import ScanEngine
 
     out_dir = work / "demo"
+    shutil.rmtree(out_dir / "inputs", ignore_errors=True)  # this script's own folder: no stale copies
     try:
         inputs = prepare_inputs(out_dir, seed=0)
     except Exception as err:  # another change to the demo must not sink the benchmark
         return {"error": f"{type(err).__name__}: {err}"}
-    files = {g: sorted(p for p in (inputs / g).iterdir() if p.is_file()) for g in ("real", "tampered")}
+    files = {g: sorted(p for p in (inputs / g).iterdir() if p.is_file() and p.suffix.lower() != ".json")
+             for g in ("real", "tampered")}
     res: dict[str, Any] = {"files": {g: len(v) for g, v in files.items()},
                            "formats": {g: sorted({p.suffix for p in v}) for g, v in files.items()}, "models": {}}
     for m in models:
@@ -584,6 +587,8 @@ def main() -> None:
     ap.add_argument("--baseline-only", action="store_true", help="score only the current default and the controls")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--no-demo", action="store_true", help="skip the demo's DICOM set")
+    ap.add_argument("--limit", type=int, default=None, help="smoke test: a seeded subsample of this many test rows")
+    ap.add_argument("--orientation-reals", type=int, default=400, help="train reals in the controls' orientation sample")
     args = ap.parse_args()
     work, out, runs = Path(args.work), Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -593,6 +598,9 @@ def main() -> None:
 
     data = test_data(work)
     manifest = data["manifest"]
+    if args.limit:
+        pick = np.random.default_rng(0).choice(len(manifest), min(args.limit, len(manifest)), replace=False)
+        manifest = manifest.with_rows([manifest[int(i)] for i in sorted(pick)])
     models = discover_models(runs, args.model)
     if args.baseline_only:
         models = models[:1]
@@ -616,7 +624,7 @@ def main() -> None:
         info[m["name"]] = {"dir": os.path.relpath(m["dir"], ROOT), "kind": m["kind"], "detector": det.name,
                            "threshold": det.threshold, "seen_published": _seen_published(m["dir"])}
     # the processing controls, on the test split and on the train-split orientation sample
-    orient = orientation_data(data["split"], data["shared"], work)
+    orient = orientation_data(data["split"], data["shared"], work, n_real=args.orientation_reals)
     signs: dict[str, dict[str, dict[str, int]]] = {}
     for name, ctl in controls().items():
         print(f"[{name}]", flush=True)
@@ -675,10 +683,11 @@ def main() -> None:
     png = plot_auc(result, out / "auc_per_generator.png")
     from medforensics.eval.report import write_eval_report
 
-    sections = {}
+    sections: dict[str, str] = {}  # one entry per paragraph or pipe table, titled by its section
     for block in md.split("\n## ")[1:]:
         title, _, body = block.partition("\n")
-        sections[title.strip()] = body.strip()
+        for k, part in enumerate(p for p in body.strip().split("\n\n") if p.strip()):
+            sections[title.strip() if k == 0 else f"{title.strip()} ({k + 1})"] = part.strip()
     write_eval_report(sections, {"AUC per generator, per detector, per view": png}, out / "report.html",
                       title="Unseen published generators: detectors vs controls",
                       info={"ships": decision["ships"], "rule": SHIP_RULE, "finished": result["finished"]})
