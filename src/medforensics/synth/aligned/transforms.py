@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from ...eval.controls import sharpness_score
 from ..generators import train_loop as tl
 
 GRID = 8
@@ -94,10 +95,9 @@ def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 # --------------------------------------------------------------------------- measurements
 def sharpness(x: np.ndarray) -> float:
-    """Mean |Laplacian| (4-neighbour, mirrored borders) of a float image; RGB averaged over channels."""
-    x = np.asarray(x, dtype=np.float64)
-    chans = [x] if x.ndim == 2 else [x[..., c] for c in range(x.shape[-1])]
-    return float(np.mean([np.abs(ndimage.laplace(c, mode="reflect")).mean() for c in chans]))
+    """Mean |Laplacian| (4-neighbour, mirrored borders) of a float image; RGB averaged over channels —
+    the benchmark's sharpness-only control, :func:`medforensics.eval.controls.sharpness_score`."""
+    return sharpness_score(x)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -264,7 +264,8 @@ def ae_transform(gen, name: str) -> Transform:
     def run(t: torch.Tensor, seed: int, variant: int) -> torch.Tensor:
         return gen.round_trip(t, tl.torch_generator(seed, 0xAE) if variant else None)
 
-    return Transform(f"ae:{name}", kind, run, params, tile=128, halo=32)
+    # one tile for the common 256-px reals (halo 32 px of context where an image is larger)
+    return Transform(f"ae:{name}", kind, run, params, tile=256, halo=32)
 
 
 def ddpm_transform(gen, steps: int = 1, t: int = 10) -> Transform:
