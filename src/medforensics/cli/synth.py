@@ -152,9 +152,12 @@ def align(
     real_manifest: Path = typer.Argument(..., help="Manifest CSV/Parquet whose real rows are aligned."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the fakes and manifest.csv (a run there resumes)."),
     transforms: str = typer.Option(..., "--transforms", "-t", help="Comma-separated: ae:<registry name>, "
-                                   "ddpm-1step, ddpm-ddim<k> (e.g. ae:ae-pixelshuffle-s4-kl-w32,ddpm-1step)."),
+                                   "ddpm-1step, ddpm-ddim<k> (e.g. ae:ae-pixelshuffle-s4-kl-z16-w32,ddpm-1step)."),
     per_real: int = typer.Option(1, "--per-real", help="Fakes per real and transform (variant k shifts the tile "
                                  "grid by 8k px and reseeds)."),
+    transforms_per_real: int | None = typer.Option(None, "--transforms-per-real", help="Send each real through "
+                                                   "only this many of the transforms, drawn per real from --seed "
+                                                   "(default: all)."),
     train_steps: int = typer.Option(1000, "--train-steps", help="Training steps of each model that is not in --models."),
     models: Path | None = typer.Option(None, "--models", help="Model folder: <name>/ and ddpm/ found there are "
                                        "loaded, missing ones are trained and saved there (default OUT/models)."),
@@ -169,10 +172,18 @@ def align(
     batch_size: int = typer.Option(16, "--batch-size", help="Training batch size."),
     seed: int = typer.Option(0, help="Seed of training crops and of the stochastic round trips."),
     split_seed: int = typer.Option(0, help="Seed of the patient-level split when the manifest has none."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Test share of that split (as `train`)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Validation share of its train part (as "
+                                       "`train`; 0: no val split). Models train on the train split only."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
-    """Make aligned fakes FROM real images: same content, size, bit depth; only a decoder's trace differs."""
-    from ..data import Manifest, patient_split
+    """Make aligned fakes FROM real images: same content, size, bit depth; only a decoder's trace differs.
+
+    Each fake's row keeps its real's split. A manifest without splits is split like `medforensics
+    train` does by default: patient_split(test_fraction, split_seed), then train_val_split(val_fraction,
+    split_seed) of its train part, so fakes of val/test reals stay out of training.
+    """
+    from ..data import Manifest, patient_split, train_val_split
     from ..synth.aligned import build_transforms, load_real_images, make_aligned_set
 
     try:
@@ -181,7 +192,11 @@ def align(
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(2) from None
     if any(not r.split for r in m.filter(label="real")):
-        m = patient_split(m, seed=split_seed)
+        m = patient_split(m, test_fraction=test_fraction, seed=split_seed)
+        if val_fraction > 0:
+            tv = train_val_split(m.subset("train"), val_fraction=val_fraction, seed=split_seed)
+            val = {r.path for r in tv.subset("val")}
+            m = m.with_rows([r.copy(split="val") if r.path in val else r for r in m])
     crit = {"label": "real", **({"modality": modality.strip().lower()} if modality else {})}
     reals = m.filter(**crit)
     if split:
@@ -205,7 +220,7 @@ def align(
                                  batch_size=batch_size, crop=crop, ddpm_t=ddpm_t, seed=seed, progress=progress,
                                  log=console.print)
         fakes, errors, counts = make_aligned_set(reals, out, built, per_real=per_real, match=match, seed=seed,
-                                                 progress=progress)
+                                                 progress=progress, transforms_per_real=transforms_per_real)
     except (ValueError, KeyError, FileExistsError, ImportError) as err:
         console.print(f"[red]error:[/] {err.args[0] if err.args else err}")
         raise typer.Exit(2) from None
@@ -213,8 +228,10 @@ def align(
         console.print(f"[yellow]skipped:[/] {e}")
     if len(errors) > 10:
         console.print(f"[yellow]… and {len(errors) - 10} more skipped[/]")
+    by_split = {s: sum(r.split == s for r in fakes) for s in sorted({r.split for r in fakes})}
     console.print(json.dumps({"reals": len(reals), "transforms": specs, "written": counts["written"],
-                              "skipped_done": counts["skipped"], "errors": len(errors), "fakes": len(fakes)}))
+                              "skipped_done": counts["skipped"], "errors": len(errors), "fakes": len(fakes),
+                              "fakes_by_split": by_split}))
     console.print(f"{len(fakes)} aligned fakes → {out}; manifest → {out / 'manifest.csv'}")
 
 

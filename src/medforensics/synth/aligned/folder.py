@@ -62,8 +62,13 @@ def make_aligned_set(
     seed: int = 0,
     progress: bool = True,
     write_manifest: bool = True,
+    transforms_per_real: int | None = None,
 ) -> tuple[Manifest, list[str], dict[str, int]]:
     """Write the aligned fakes of every real row; return (manifest of the fakes, errors, counts).
+
+    ``transforms_per_real`` k: each real goes through only k of the transforms, drawn without
+    replacement by a generator seeded with ``seed`` and the real's path (so a rerun, or the same
+    real in another order, draws the same ones); ``None`` uses every transform.
 
     ``counts`` holds ``written`` and ``skipped`` (done by an earlier run). Fakes keep the real's
     modality, source, patient id and split; ``generator`` is the transform's name, ``family``
@@ -74,6 +79,9 @@ def make_aligned_set(
     out_dir = Path(out_dir)
     if per_real < 1:
         raise ValueError(f"per_real must be ≥ 1, got {per_real}")
+    if transforms_per_real is not None and not 1 <= transforms_per_real:
+        raise ValueError(f"transforms_per_real must be ≥ 1, got {transforms_per_real}")
+    k_tr = len(transforms) if transforms_per_real is None else min(int(transforms_per_real), len(transforms))
     manifest_path = out_dir / MANIFEST_NAME
     if write_manifest and manifest_path.exists() and not _is_ours(manifest_path):
         raise FileExistsError(f"{manifest_path} exists and is not an aligned-fakes manifest; choose another --out")
@@ -82,12 +90,17 @@ def make_aligned_set(
     errors: list[str] = []
     counts = {"written": 0, "skipped": 0}
     paths = reals.paths()
-    total = len(reals) * len(transforms) * per_real
+    total = len(reals) * k_tr * per_real
     bar = tqdm(total=total, desc="aligned fakes", disable=not progress, dynamic_ncols=True)
     for row, real_path in zip(reals, paths):
         pixels: np.ndarray | None = None
         meta: dict[str, Any] = {}
-        for transform in transforms:
+        chosen = list(transforms)
+        if k_tr < len(transforms):
+            h = int(hashlib.sha256(str(real_path).encode()).hexdigest()[:8], 16)
+            pick = np.random.default_rng([int(seed), h, 0xA11]).choice(len(transforms), k_tr, replace=False)
+            chosen = [transforms[i] for i in sorted(pick)]
+        for transform in chosen:
             for k in range(per_real):
                 bar.update(1)
                 rel = fake_relpath(real_path, row, transform.name, k)
@@ -111,7 +124,7 @@ def make_aligned_set(
                                        jpeg_quality=meta.get("jpeg_quality"), seed=seed)
                 except AlignError as exc:
                     errors.append(str(exc))
-                    bar.update(len(transforms) * per_real - 1 - (transforms.index(transform) * per_real + k))
+                    bar.update(len(chosen) * per_real - 1 - (chosen.index(transform) * per_real + k))
                     break
                 except (ValueError, RuntimeError) as exc:
                     errors.append(f"{real_path} ({transform.name}, variant {k}): {exc}")
