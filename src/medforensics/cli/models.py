@@ -123,3 +123,49 @@ def _real_images(images: list[Path] | None, n: int, seed: int):
             yield path, [load(path)]
         except Exception as err:  # noqa: BLE001 - one bad file never stops the command
             yield path, err
+
+
+@app.command("fuse")
+def fuse(
+    members: list[str] = typer.Argument(..., help="two or more member model directories or shipped names "
+                                        "(e.g. `default runs/zed`)"),
+    out: Path = typer.Option(..., "--out", help="model directory to write (members are stored inside it)"),
+    manifest: Path | None = typer.Option(None, "--manifest", help="manifest whose real validation split calibrates "
+                                         "the fusion (default: the shared data's)"),
+    combine: str = typer.Option("fisher", "--combine", help="fisher | min_p"),
+    target_fpr: float = typer.Option(0.05, "--target-fpr", help="FPR of the threshold on the real validation images"),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="patient split: held-out test fraction"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="validation fraction of the training part"),
+    seed: int = typer.Option(0, help="seed of the patient split"),
+    force: bool = typer.Option(False, "--force", help="overwrite --out"),
+) -> None:
+    """Fuse trained detectors into one `fusion` model: each member's score becomes a p-value against its
+    scores on the manifest's real validation images (patient split as `train`), the p-values are
+    combined (Fisher or Bonferroni min-p) and τ is set at --target-fpr on those same reals."""
+    from ..data import ImageDataset, Manifest, patient_split, shared_manifest, train_val_split
+    from ..detectors.fusion import FusionDetector
+    from .common import refuse_overwrite
+
+    if len(members) < 2:
+        console.print("[red]error:[/] fuse needs at least two member models")
+        raise typer.Exit(2)
+    refuse_overwrite(out, force)
+    dets = [open_model(m) for m in members]
+    try:
+        fused = FusionDetector.from_members(dets, combine=combine, target_fpr=target_fpr)
+        m = Manifest.read(manifest) if manifest is not None else shared_manifest()
+    except (ValueError, FileNotFoundError, OSError) as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(2) from None
+    split = patient_split(m, test_fraction=test_fraction, seed=seed)
+    val = train_val_split(split.subset("train"), val_fraction=val_fraction, seed=seed).subset("val").filter(label="real")
+    if not len(val):
+        console.print("[red]error:[/] the manifest's validation split holds no real image to calibrate on")
+        raise typer.Exit(2)
+    summary = fused.calibrate(ImageDataset(val, fused.preprocessing, seed=seed))
+    fused.training_summary = {**summary, "calibration_manifest": str(manifest or "shared"),
+                              "split": {"test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed},
+                              "member_sources": list(members)}
+    fused.save(out)
+    console.print(f"fused {', '.join(d.name for d in dets)} ({combine}) on {summary['calibration_images']} real "
+                  f"validation images: τ = {fused.threshold:.4f} (FPR {fused.calibration['achieved_fpr']:.3f}) → {out}")

@@ -22,8 +22,9 @@ validation images (:func:`medforensics.eval.calibration.calibrate`); the members
 are not used. The map is the mean of the members' maps (members without maps are skipped).
 
 Members live inside the model directory: their full saved configs in ``config.json``
-(``config.members``) and their tensors in the one ``weights.safetensors`` under ``member<i>.``;
-the real-validation logits of each member are ``fusion.real<i>``.
+(``config.members``) and their tensors in the one ``weights.safetensors`` under ``member<i>.``
+(a member's recorded inference runtime file, e.g. the shipped default's ONNX graph, is copied
+beside them as ``member<i>_<file>``); the real-validation logits of each member are ``fusion.real<i>``.
 Preprocessing: the members must agree on size, fit and intensity; the fused model reads
 ``max(channels)`` channels and hands a 1-channel member the luma of an RGB batch.
 """
@@ -31,7 +32,9 @@ Preprocessing: the members must agree on size, fit and intensity; the fused mode
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -250,9 +253,35 @@ class FusionDetector(Detector):
                 "members": [m.name for m in self.members]}
 
     # ------------------------------------------------------------------ persistence
+    def _member_configs(self) -> list[tuple[dict[str, Any], Path | None]]:
+        """Each member's saved config and the file of its recorded inference runtime (copied into the
+        fused model directory as ``member<i>_<file>``; a runtime whose file is missing is dropped)."""
+        out = []
+        for i, m in enumerate(self.members):
+            cfg, src = m.get_config(), None
+            rt = cfg.get("runtime")
+            if rt and rt.get("file"):
+                src = Path(m.model_dir) / rt["file"] if m.model_dir is not None else None
+                if src is None or not src.is_file():
+                    cfg.pop("runtime")
+                    src = None
+                else:
+                    cfg["runtime"] = {**rt, "file": f"member{i}_{Path(rt['file']).name}"}
+            out.append((cfg, src))
+        return out
+
     def get_config(self) -> dict[str, Any]:
-        self.config["members"] = [m.get_config() for m in self.members]
+        self.config["members"] = [cfg for cfg, _ in self._member_configs()]
         return super().get_config()
+
+    def save(self, directory: str | Path, model_card: str | None = None) -> Path:
+        """One model directory: config (members' configs inside), one safetensors file, and the members'
+        inference-runtime files if they recorded one."""
+        path = super().save(directory, model_card)
+        for cfg, src in self._member_configs():
+            if src is not None:
+                shutil.copyfile(src, path / cfg["runtime"]["file"])
+        return path
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
@@ -268,6 +297,7 @@ class FusionDetector(Detector):
             own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             if not own:
                 raise ValueError(f"weights hold no '{prefix}*' tensors: not a fusion of {len(self.members)} members")
+            m.model_dir = self.model_dir  # where a member's runtime file was copied (see save)
             m.load_state_dict(own)
         reals = [tensors.get(f"fusion.real{i}") for i in range(len(self.members))]
         tail = float(self.config["tail_fraction"])
