@@ -16,9 +16,11 @@ from medforensics.io.dicom_write import WriteBackError, write_back_pixels
 
 SAMPLES = sample_dicoms()
 #: one of each write-back path: CT rescale, big-endian MR, JPEG-LS MR, YBR JPEG colour (written as RGB),
-#: uncompressed YBR_FULL, multi-frame RLE MR (pooled percentiles), 12-bit NM JPEG (min–max), palette (skipped)
+#: uncompressed YBR_FULL, multi-frame RLE MR (pooled percentiles), 12-bit NM JPEG (min–max), palette colour,
+#: and one too small to tamper (skipped)
 PICK = ["CT_small.dcm", "MR_small_bigendian.dcm", "MR_small_jpeg_ls_lossless.dcm", "SC_rgb_jpeg_dcmtk.dcm",
-        "SC_ybr_full_uncompressed.dcm", "emri_small_RLE.dcm", "JPGExtended.dcm", "examples_palette.dcm"]
+        "SC_ybr_full_uncompressed.dcm", "emri_small_RLE.dcm", "JPGExtended.dcm", "examples_palette.dcm",
+        "dicomdirtests/77654033/CR1/6154"]
 #: header elements a write-back may change: group lengths (pydicom drops the retired ones on writing),
 #: and for a colour image the decoder turned from YBR into RGB, its photometric interpretation
 ALLOWED = {"PixelData", "PhotometricInterpretation", "PlanarConfiguration"}
@@ -58,8 +60,9 @@ def test_tampered_copies_are_dicom_with_the_original_headers(demo_inputs: Path):
     files = sorted(p.name for p in fake.iterdir() if p.name != "ground_truth.json")
     assert files == sorted(c["file"] for c in truth)
     assert all(f.endswith(".dcm") for f in files) and not list(fake.glob("*.png"))
-    # every picked sample but the palette one has both copies
-    assert {c["file"].rsplit(".", 2)[0] for c in truth} == {n.removesuffix(".dcm") for n in PICK[:-1]}
+    # every picked sample but the 16×16 one has both copies
+    assert sorted(c["file"] for c in truth) == sorted(f"{n.removesuffix('.dcm')}.{kind}.dcm"
+                                                      for n in PICK[:-1] for kind in ("inject", "remove"))
     for c in truth:
         path = fake / c["file"]
         assert path.read_bytes()[128:132] == b"DICM"
@@ -113,8 +116,8 @@ def test_monochrome1_window_edit_round_trips(tmp_path: Path):
     assert (back[mask] != img.pixels[mask]).any()
 
 
-def test_statistics_pixels_are_kept_and_unwritable_files_are_refused(tmp_path: Path):
-    for name in ("JPGExtended.dcm", "examples_palette.dcm"):
+def test_statistics_pixels_are_kept_and_unwritable_edits_are_refused(tmp_path: Path):
+    for name in ("JPGExtended.dcm", "MR_small.dcm"):
         if name not in SAMPLES:
             pytest.skip(f"{name} missing")
     # min–max scaled NM: painting over the brightest pixel would rescale the whole image, so it is kept
@@ -130,14 +133,12 @@ def test_statistics_pixels_are_kept_and_unwritable_files_are_refused(tmp_path: P
     back = load(tmp_path / "nm.dcm").pixels
     assert back[y, x] == img.pixels[y, x] == 1.0
     assert np.array_equal(back[~info["mask"]], img.pixels[~info["mask"]])
-    # palette colour cannot be inverted: refused, nothing written
-    pal = SAMPLES["examples_palette.dcm"]
-    p = load(pal)
-    m = np.zeros(p.pixels.shape[:2], bool)
+    # an edit that changes nothing is refused, nothing written
+    m = np.zeros(img.pixels.shape, bool)
     m[:8, :8] = True
-    with pytest.raises(WriteBackError, match="palette"):
-        write_back_pixels(pal, np.zeros_like(p.pixels), m, tmp_path / "pal.dcm")
-    assert not (tmp_path / "pal.dcm").exists()
+    with pytest.raises(WriteBackError, match="changed no pixel"):
+        write_back_pixels(src, img.pixels, m, tmp_path / "same.dcm")
+    assert not (tmp_path / "same.dcm").exists()
     # a reader setting whose statistics every edit moves (MRI z-score): the check refuses the copy
     mr = SAMPLES["MR_small.dcm"]
     cfg = IntensityConfig(mri_method="zscore")

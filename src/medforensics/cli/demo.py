@@ -84,7 +84,10 @@ def prepare_inputs(
             truth.append({"file": copy.name, "source": str(src), "attack": kind,
                           **tampered.meta.extra["tamper"], **info, "mask": str(mask_file.relative_to(out)),
                           "bbox_yx": [int(ys.min()), int(xs.min()), int(ys.max()), int(xs.max())]})
-    for reason, names in skipped.items():
+    for reason, names in skipped.items():  # each reason once; a sample skipped for both attacks named once
+        both = [n for n in names if n.endswith(" (inject)") and n.replace("(inject)", "(remove)") in names]
+        names = [n.removesuffix(" (inject)") if n in both else n for n in names
+                 if n.replace("(remove)", "(inject)") not in both]
         console.print(f"  skipped {', '.join(names)}: {reason}")
     (fake_dir / "ground_truth.json").write_text(json.dumps({"seed": seed, "copies": truth}, indent=1))
     broken = real_dir / "truncated.dcm"

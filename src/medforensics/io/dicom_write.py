@@ -15,7 +15,7 @@ The inverse of :mod:`.dicom`'s reader, used by the tampering tools (the 3-D seri
   (float32 in [0, 1]), back into a copy of its file: the reader's intensity mapping (CT window,
   MRI percentiles / z-score, VOI window, bit range or min–max, MONOCHROME1 inversion, rescale) is
   inverted for the changed pixels only; every other stored value and every other header element is
-  kept. The copy is then read back through :func:`medforensics.io.load` and must give the same
+  kept (palette colour: the index of the nearest palette colour). The copy is then read back through :func:`medforensics.io.load` and must give the same
   intensities as the original outside the edited pixels, else the copy is removed and
   :class:`WriteBackError` says why (e.g. the reader's per-image statistics moved).
 """
@@ -181,6 +181,26 @@ def _grey_inverse(
     return (lambda v: lo + v * (hi - lo)), _order_bounds(arr, 0.0, 100.0)
 
 
+def _nearest_palette_index(ds: Dataset, v: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Stored indices whose palette colours (as the reader scales them) are nearest to ``v`` (m×3 in [0, 1])."""
+    from pydicom.pixels import apply_color_lut
+    from scipy.spatial import cKDTree
+
+    lo, hi = stored_range(ds, np.dtype(dtype))
+    if hi - lo >= 1 << 16:
+        raise WriteBackError("palette colour with more than 16-bit indices is not supported for writing back")
+    index = np.arange(lo, hi + 1).astype(dtype)
+    try:
+        colours = apply_color_lut(index, ds)
+    except Exception as exc:
+        raise WriteBackError(f"cannot read the palette colour lookup table: {exc}") from exc
+    top = 255 if colours.dtype == np.uint8 else 65535  # the reader's bit range for palette output
+    if int(colours.max()) > top:
+        raise WriteBackError("palette colours outside their bit range (the reader min–max scales them)")
+    _dist, nearest = cKDTree(colours.reshape(-1, 3).astype(np.float64) / top).query(np.asarray(v).reshape(-1, 3))
+    return index[nearest]
+
+
 def write_back_pixels(
     src: str | Path,
     pixels: np.ndarray,
@@ -200,7 +220,7 @@ def write_back_pixels(
     written — the edited ones, less ``n_kept`` pixels left as they were because the reader's min–max or
     percentile statistics depend on them (their original value is an order statistic it uses, so
     changing it would shift every pixel's intensity). Raises :class:`WriteBackError` (nothing written) when the file's pixels
-    cannot be written back: palette colour, a modality LUT or VOI LUT table, float pixel data,
+    cannot be written back: a modality LUT or VOI LUT table, float pixel data,
     subsampled YBR without a decoder round trip, an edit that rounds away, or a copy that the
     reader does not map to the original's intensities outside the edit.
     """
@@ -223,8 +243,6 @@ def write_back_pixels(
     k = n // 2 if frame is None else (int(frame) + n if int(frame) < 0 else int(frame))
     if not 0 <= k < n:
         raise WriteBackError(f"frame {frame} out of range: the file has {n} frame(s)")
-    if photometric == "PALETTE COLOR":
-        raise WriteBackError("palette colour: writing back would need the inverse of the colour lookup table")
     if bits_alloc not in (8, 16, 32):
         raise WriteBackError(f"BitsAllocated {bits_alloc} is not supported for writing back")
     if spp == 1 and ds.get("ModalityLUTSequence"):
@@ -254,7 +272,9 @@ def write_back_pixels(
         raise WriteBackError("the edit changed no pixel")
     v = np.clip(px[changed].astype(np.float64), 0.0, 1.0)
 
-    if spp == 3:
+    if photometric == "PALETTE COLOR":  # each edited pixel gets the index of the nearest palette colour
+        stored_frames[k][changed] = _nearest_palette_index(ds, v, stored_frames.dtype)
+    elif spp == 3:
         depth = bits
         rng_hi = 2**depth - 1
         if int(frames.min()) < 0 or int(frames[k].max()) > rng_hi:
