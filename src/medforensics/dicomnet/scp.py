@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections import deque
 import threading
 import time
 from dataclasses import dataclass, field
@@ -195,8 +194,7 @@ class DicomReceiver:
         self._queue: queue.Queue = queue.Queue()
         self._dispatcher: threading.Thread | None = None
         self._in_flight = 0  # handed to the dispatcher and not finished
-        self._same_uid: dict[str, deque] = {}  # SOP Instance UID in progress → instances waiting behind it
-        self._uid_lock = threading.Lock()
+        self._uid_lock = threading.Lock()  # guards _assoc_series
         self._idle = threading.Condition()
         self._stopping = threading.Event()
 
@@ -443,7 +441,7 @@ class DicomReceiver:
     def _enqueue(self, path: Path, cost: int | None) -> None:
         with self._idle:
             self._in_flight += 1
-        self._queue.put((path, cost, False))
+        self._queue.put((path, cost))
 
     def _finished_one(self, path: Path | None = None, result: ScanResult | None = None) -> None:
         if path is not None and self.series is not None:
@@ -455,8 +453,8 @@ class DicomReceiver:
     def _dispatch(self) -> None:
         """Hand spooled instances to the engine, oldest first, each once its decode fits the budget.
 
-        Instances with the same SOP Instance UID (a re-send, another transfer syntax) go one after the
-        other: the second is looked up only once the first's row exists, so it is answered, not added.
+        Instances with the same content key (a re-send, another transfer syntax) handed over together
+        are scored once by the engine: the others are answered with the first's row, not added.
         """
         from ..engine import ScanInput
 
@@ -464,13 +462,9 @@ class DicomReceiver:
             item = self._queue.get()
             if item is None or self._stopping.is_set():
                 return
-            path, cost, owns_uid = item
-            uid = None
+            path, cost = item
             try:
                 inst = self.spool.describe(path)
-                if not owns_uid and not self._claim_uid(inst.sop_instance_uid, path, cost):
-                    continue  # waits for the instance with the same UID in progress
-                uid = inst.sop_instance_uid
                 if cost is None:
                     cost = _file_cost(path, inst.transfer_syntax_uid, self.max_frames, self.budget.per_decode)
                 while not self.budget.acquire(cost, timeout=0.5):
@@ -482,14 +476,12 @@ class DicomReceiver:
                           self.spool.folder / "refused")
                 self.stats.add(refused=1, errors=1)
                 self.spool.remove(path, keep_in=self.spool.folder / "refused")
-                self._release_uid(uid)
                 self._finished_one(path)
                 continue
             except Exception as err:
                 log.error("cannot read spooled file %s: %s", path.name, err)
                 self.stats.add(failed=1)
                 self.spool.remove(path, keep_in=self.spool.folder / "unreadable")
-                self._release_uid(uid)
                 self._finished_one(path)
                 continue
             try:
@@ -498,33 +490,9 @@ class DicomReceiver:
                 log.error("cannot queue %s: %s", inst.sop_instance_uid, err)
                 self.budget.release(cost)
                 self.stats.add(failed=1)
-                self._release_uid(uid)
                 self._finished_one(path)
                 continue
             future.add_done_callback(lambda fut, inst=inst, cost=cost: self._done(inst, cost, fut))
-
-    def _claim_uid(self, uid: str, path: Path, cost: int | None) -> bool:
-        """True when no instance with this SOP Instance UID is in progress (it is now); else queue it behind."""
-        if not uid:
-            return True
-        with self._uid_lock:
-            waiting = self._same_uid.get(uid)
-            if waiting is None:
-                self._same_uid[uid] = deque()
-                return True
-            waiting.append((path, cost))
-            return False
-
-    def _release_uid(self, uid: str | None) -> None:
-        """The instance with this UID is finished: the next one with it (if any) goes to the dispatcher."""
-        if not uid:
-            return
-        with self._uid_lock:
-            waiting = self._same_uid.get(uid)
-            if waiting:
-                self._queue.put((*waiting.popleft(), True))
-            else:
-                self._same_uid.pop(uid, None)
 
     def _done(self, inst: SpooledInstance, cost: int, future) -> None:
         """The engine finished one instance: account for it, drop it from the spool, forward it."""
@@ -562,7 +530,6 @@ class DicomReceiver:
         except Exception:
             log.exception("unexpected failure after scoring %s", inst.sop_instance_uid)
         finally:
-            self._release_uid(inst.sop_instance_uid)
             self._finished_one(inst.path, joined)
 
     # ------------------------------------------------------------------ series verdicts

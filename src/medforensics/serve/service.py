@@ -8,7 +8,8 @@ answer is reused, a stored error is retried). Previews are written by the engine
 There is no model lock: only the engine's thread runs the model.
 
 Identical uploads that arrive while the first is still being scored wait for that scoring instead of
-being scored again, so a file sent by many requests at once is stored once.
+being scored again, so a file sent by many requests at once is stored once: the engine does this for
+every input with the same content key in flight (:class:`~medforensics.engine.core.ScanEngine`).
 
 Series: the engine keeps each frame's small evidence map and position (``series=True``) and runs the
 DICOM header forensics (``headers=True``, as ``scan`` and the receiver do); :meth:`ScanService.judge_series`
@@ -19,12 +20,10 @@ instances the store already holds is judged with them) and upserts them into the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +88,6 @@ class ScanService:
                                  decode_budget=settings.decode_budget, on_result=self._save_previews,
                                  cached_maps=False,  # a stored answer's previews are on disk already
                                  series=True, headers=True)
-        self._inflight: dict[tuple[str, bool], Future] = {}
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ info
     def model_info(self) -> dict[str, Any]:
@@ -119,7 +116,7 @@ class ScanService:
     # ------------------------------------------------------------------ scanning
     def submit_upload(self, stream: IO[bytes], filename: str | None, *, force: bool = False) -> Future:
         """Copy an upload to a temporary file (hashing it on the way) and queue it; the file is removed when
-        the engine is done with it. The same bytes already in flight are joined, not scored again."""
+        the engine is done with it. The same content already in flight is scored once (by the engine)."""
         suffix = upload_suffix(filename)
         fd, tmp = tempfile.mkstemp(prefix="mf-upload-", suffix=suffix)
         digest = hashlib.sha256()
@@ -135,32 +132,13 @@ class ScanService:
         h = digest.hexdigest()
         display = os.path.basename(filename or "") or "upload"
         name = display if self.settings.store_phi else f"upload:{h[:16]}{suffix}"
-        key = (h, bool(force))
-        with self._lock:
-            first = self._inflight.get(key)
-            if first is None:
-                try:
-                    fut = self.engine.submit(ScanInput(Path(tmp), name=name, force=force))
-                except BaseException:
-                    os.unlink(tmp)
-                    raise
-                self._inflight[key] = fut
-                fut.add_done_callback(lambda f: self._done(key, f, tmp))
-                return fut
-        os.unlink(tmp)  # the same bytes are being scored for another request: share that answer
-        joined: Future = Future()
-        joined.set_running_or_notify_cancel()
-        first.add_done_callback(lambda f: _relay(f, joined, name))
-        return joined
-
-    def _done(self, key: tuple[str, bool], fut: Future, tmp: str) -> None:
         try:
+            fut = self.engine.submit(ScanInput(Path(tmp), name=name, force=force))
+        except BaseException:
             os.unlink(tmp)
-        except OSError:
-            pass
-        with self._lock:
-            if self._inflight.get(key) is fut:
-                del self._inflight[key]
+            raise
+        fut.add_done_callback(lambda _f: _remove(tmp))
+        return fut
 
     def submit_path(self, path: Path, *, force: bool = False) -> Future:
         """Queue a server-side file (already checked against the allowed roots)."""
@@ -223,12 +201,8 @@ class ScanService:
         self.engine.close()
 
 
-def _relay(source: Future, target: Future, name: str) -> None:
-    """Give ``target`` (a request that sent bytes already in flight) the answer of ``source``: the same
-    stored record, marked cached, under its own name."""
-    exc = source.exception()
-    if exc is not None:
-        target.set_exception(exc)
-        return
-    res = source.result()
-    target.set_result(dataclasses.replace(res, path=name, cached=res.scan_id is not None))
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
