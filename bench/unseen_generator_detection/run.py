@@ -411,10 +411,16 @@ def demo_set(models: list[dict], work: Path) -> dict[str, Any]:
              for g in ("real", "tampered")}
     res: dict[str, Any] = {"files": {g: len(v) for g, v in files.items()},
                            "formats": {g: sorted({p.suffix for p in v}) for g, v in files.items()}, "models": {}}
+    set_key = hashlib.sha256("\n".join(f"{p.parent.name}/{p.name}:{p.stat().st_size}" for v in files.values()
+                                       for p in v).encode()).hexdigest()[:16]
     for m in models:
+        cache = work / "demo_scores" / f"{m['key']}-{set_key}.json"
+        if cache.is_file():
+            res["models"][m["name"]] = json.loads(cache.read_text())
+            continue
         try:
             det = load_detector(m["dir"])
-            row = {}
+            row: dict[str, Any] = {}
             with ScanEngine(det) as engine:
                 results = list(engine.scan([inputs]))
             for g in ("real", "tampered"):
@@ -423,6 +429,8 @@ def demo_set(models: list[dict], work: Path) -> dict[str, Any]:
                           "fraction": (sum(r.verdict == "fake" for r in ok) / len(ok)) if ok else float("nan")}
             row["errors"] = sum(not r.ok for r in results)
             row["threshold"] = det.threshold
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(row))
             res["models"][m["name"]] = row
         except Exception as err:
             res["models"][m["name"]] = {"error": f"{type(err).__name__}: {err}"}
@@ -649,7 +657,7 @@ def main() -> None:
             print(f"    skipped: {type(err).__name__}: {err}", flush=True)
             info[m["name"]] = {"dir": m["dir"], "kind": m["kind"], "error": f"{type(err).__name__}: {err}"}
             continue
-        key = f"{m['name'].replace('/', '__')}-{_files_key(Path(m['dir']))}"
+        key = m["key"] = f"{m['name'].replace('/', '__')}-{_files_key(Path(m['dir']))}"
         scores[m["name"]] = {v: score_cached(det, manifest, v, work / "scores", key) for v in VIEWS}
         kinds[m["name"]] = m["kind"]
         info[m["name"]] = {"dir": os.path.relpath(m["dir"], ROOT), "kind": m["kind"], "detector": det.name,
