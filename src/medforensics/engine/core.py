@@ -347,7 +347,7 @@ class ScanEngine:
 
     def _place_roi(self, item: _Item, d: Decoded) -> str | None:
         """Keep the ROI's frame and put its centre (model input pixels) on ``item``; an error message or None."""
-        from .roi import RoiError, centre_in_input
+        from .roi import RoiError, centre_in_input, nifti_frame_hw
 
         target = self.roi.target(item.inp.path)
         if target is None:
@@ -362,7 +362,8 @@ class ScanEngine:
                 return f"ROI slice {target.frame} is out of range: the file has {n} frame(s) (0–{n - 1})"
             d.arrays, d.metas = d.arrays[keep], [d.metas[i] for i in keep]
         try:
-            item.centres = [centre_in_input(target, m, self.detector.preprocessing) for m in d.metas]
+            hw = nifti_frame_hw(item.inp.path) if d.metas and d.metas[0].get("source_format") == "nifti" else None
+            item.centres = [centre_in_input(target, m, self.detector.preprocessing, hw) for m in d.metas]
         except RoiError as err:
             return str(err)
         for m, c in zip(d.metas, item.centres):

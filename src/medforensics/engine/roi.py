@@ -247,12 +247,33 @@ def _header(path: Path) -> dict[str, Any] | None:
             "position": slice_position(ds, 0), "frames": frames, "geometry": geometry}
 
 
-def centre_in_input(target: RoiTarget, meta: dict[str, Any], preprocessing: Any) -> tuple[float, float]:
-    """The target's source-pixel centre in the model's preprocessed image (``io.resize`` geometry)."""
+def nifti_frame_hw(path: str | Path) -> tuple[int, int]:
+    """(rows, columns) of the slices ``medforensics.io`` shows for a NIfTI volume: axial slices of the RAS+
+    reoriented volume in display convention (``io.nifti.display_slice``), from the header only."""
+    import nibabel as nib
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    img = nib.load(str(path))
+    shape = tuple(int(v) for v in img.shape[:3]) + (1,) * max(0, 3 - len(img.shape))
+    try:
+        transform = ornt_transform(io_orientation(img.affine), axcodes2ornt("RAS"))
+        ras = [0, 0, 0]
+        for axis, (target, _flip) in enumerate(transform):
+            ras[int(target)] = shape[axis]
+    except Exception:  # degenerate affine: io keeps the voxel order
+        ras = list(shape)
+    return ras[1], ras[0]
+
+
+def centre_in_input(target: RoiTarget, meta: dict[str, Any], preprocessing: Any,
+                    hw: tuple[int, int] | None = None) -> tuple[float, float]:
+    """The target's source-pixel centre in the model's preprocessed image (``io.resize`` geometry); ``hw``
+    overrides the slice size read from ``meta`` (NIfTI: :func:`nifti_frame_hw`)."""
     from ..detectors.btd.patches import prepared_center
 
     shape = tuple(meta.get("original_shape") or ())
-    hw = shape[1:3] if meta.get("frame_index") is not None and len(shape) >= 3 else shape[:2]
+    if hw is None:
+        hw = shape[1:3] if meta.get("frame_index") is not None and len(shape) >= 3 else shape[:2]
     if len(hw) != 2:
         raise RoiError(f"unknown image size (original_shape {shape})")
     h, w = int(hw[0]), int(hw[1])

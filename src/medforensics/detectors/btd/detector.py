@@ -485,6 +485,26 @@ class BTDDetector(Detector):
                 "val_max_z_median": norm["z_center"], "threshold": self.threshold,
                 "achieved_fpr": self.calibration.get("achieved_fpr"), "seconds": round(time.time() - t0, 1)}
 
+    @torch.no_grad()
+    def window_analysis(self, images: ImageBatch, d: int | None = None) -> dict[str, np.ndarray]:
+        """Both window scores from one back-in-time pass (for comparisons): ``residual`` scores (N, raw, as
+        ``window_score="residual"``) and residual maps (N×H×W); with fitted statistics also ``z`` scores (N,
+        max window z) and z maps (N×H×W, per pixel the max z of the windows covering it)."""
+        batch = self._batch(images)
+        self._force_residual = True
+        try:
+            maps, win_scores, _ = self._sliding(batch, d)
+        finally:
+            self._force_residual = False
+        out = {"residual": self._aggregate(win_scores).double().numpy(), "residual_map": maps.numpy()}
+        norm = self.config["window_norm"]
+        if norm:
+            r, m, s, positions, win = window_features(batch.mean(1), maps, norm["window"], norm["stride"])
+            z = torch.from_numpy(standardise(norm, r, m, s))
+            out["z"] = z.amax(1).numpy()
+            out["z_map"] = max_map(z, positions, win, tuple(batch.shape[-2:])).numpy()
+        return out
+
     def _calibration_record(self, mode: str) -> dict[str, Any]:
         return {"threshold": self.threshold, "calibration": dict(self.calibration), "window_score": mode}
 
