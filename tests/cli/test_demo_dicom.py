@@ -48,7 +48,7 @@ def demo_inputs(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr(demo_mod, "sample_dicoms", lambda: {n: SAMPLES[n] for n in PICK})
     try:
-        demo_mod.prepare_inputs(out, seed=0)
+        demo_mod.prepare_inputs(out, seed=0, max_frames=4)  # a scan reading 4 frames of a multi-frame file
     finally:
         mp.undo()
     return out
@@ -92,9 +92,10 @@ def test_reader_gives_the_original_intensities_outside_the_mask(demo_inputs: Pat
         differs = (a != b).any(axis=-1) if a.ndim == 3 else a != b
         assert np.array_equal(a[~mask], b[~mask]), c["file"]
         assert differs[mask].mean() > 0.5 and not differs[~mask].any(), c["file"]
-        n = pydicom.dcmread(c["source"], stop_before_pixels=True).get("NumberOfFrames", 1)
-        if int(n or 1) > 1:  # only the tampered frame changed
-            other = (c["frame"] + 1) % int(n)
+        n = int(pydicom.dcmread(c["source"], stop_before_pixels=True).get("NumberOfFrames", 1) or 1)
+        if n > 1:  # the tampered frame is one the scan reads, nearest the middle; only it changed
+            assert c["frame"] == {10: 6}[n]  # frame_indices(10, 4) == [1, 3, 6, 8]
+            other = (c["frame"] + 1) % n
             assert np.array_equal(load(c["source"], frame=other).pixels, load(fake / c["file"], frame=other).pixels)
 
 

@@ -23,6 +23,7 @@ from PIL import Image
 from ..eval.report import write_scan_report
 from ..io import IntensityConfig, UnreadableImageError, load, sample_dicoms
 from ..io.dicom_write import WriteBackError, write_back_pixels
+from ..io.walk import frame_indices
 from ..engine import ScanEngine
 from ..outputs import result_table, write_csv, write_json
 from ..synth.tamper import tamper
@@ -30,15 +31,18 @@ from .common import console, open_model
 
 
 MIN_SIDE = 64  # the tampering tool's lesions need room
+SCAN_MAX_FRAMES = 16  # frames the demo's scan reads per multi-frame file (the engine's default)
 
 
 def prepare_inputs(
     out: Path, seed: int = 0, max_samples: int | None = None, intensity: IntensityConfig | None = None,
+    max_frames: int | None = SCAN_MAX_FRAMES,
 ) -> Path:
     """Copy sample DICOMs into ``out/inputs/real`` and write tampered DICOM copies to ``out/inputs/tampered``.
 
-    The tampering runs on the frame :func:`medforensics.io.load` reads (the middle one of a
-    multi-frame file) with ``intensity`` (the scanning model's reader settings), and the result is
+    The tampering runs on one frame, read with ``intensity`` (the scanning model's reader settings):
+    of a multi-frame file, the frame nearest the middle among the ``max_frames`` the scan reads
+    (:func:`medforensics.io.walk.frame_indices`), so that the scan sees the tampered frame; the result is
     written back into a copy of the original file. Samples whose pixels cannot be written back (or
     read, or are too small) are skipped; each reason is printed once with the samples it covers.
     """
@@ -65,6 +69,11 @@ def prepare_inputs(
         except UnreadableImageError as err:
             skipped.setdefault(f"unreadable: {err.reason}", []).append(name)
             continue
+        n = image.meta.n_frames
+        if n > 1:
+            k = min(frame_indices(n, max_frames), key=lambda i: (abs(i - n // 2), i))
+            if k != image.meta.frame_index:
+                image = load(src, frame=k, intensity=config)
         if min(image.pixels.shape[:2]) < MIN_SIDE:
             skipped.setdefault(f"smaller than {MIN_SIDE} pixels, too small to tamper", []).append(name)
             continue
@@ -113,7 +122,7 @@ def demo(
     console.print(f"[bold]1/3[/] preparing sample DICOMs and tampered DICOM copies in {out / 'inputs'}")
     inputs = prepare_inputs(out, seed, max_samples, getattr(preprocessing, "intensity", None))
     console.print(f"[bold]2/3[/] scanning with model {model!r} ({detector.name}, τ = {detector.threshold:.4f})")
-    with ScanEngine(detector, with_maps=True) as engine:
+    with ScanEngine(detector, with_maps=True, max_frames=SCAN_MAX_FRAMES) as engine:
         results = list(engine.scan([inputs]))
     console.print(result_table(results))
     console.print("[bold]3/3[/] writing outputs")
