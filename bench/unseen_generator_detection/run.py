@@ -497,6 +497,9 @@ def write_markdown(result: dict, path: Path) -> str:
           "|---|" + "---|" * len(next(iter(rows.values()))["targets"])]
     for n in names:
         L.append(f"| {n} | " + " | ".join("yes" if ok else "no" for ok in rows[n]["targets"].values()) + " |")
+    if result.get("not_scored"):
+        L += ["", "Not scored (could not be loaded or scored): " + "; ".join(
+            f"{n} ({e})" for n, e in result["not_scored"].items())]
     L += ["", "## Ship decision", "", f"Rule (fixed before scoring): {SHIP_RULE}", ""]
     dec = result["decision"]
     for n, d in dec["candidates"].items():
@@ -688,8 +691,17 @@ def main() -> None:
             info[m["name"]] = {"dir": m["dir"], "kind": m["kind"], "error": f"{type(err).__name__}: {err}"}
             continue
         key = m["key"] = f"{m['name'].replace('/', '__')}-{_files_key(Path(m['dir']))}"
-        scores[m["name"]] = {v: score_cached(det, manifest, v, work / "scores", key) for v in VIEWS}
-        extra_scores[m["name"]] = {v: score_cached(det, extra, v, work / "scores", key, "-other-splits") for v in VIEWS}
+        try:
+            scores[m["name"]] = {v: score_cached(det, manifest, v, work / "scores", key) for v in VIEWS}
+            extra_scores[m["name"]] = {v: score_cached(det, extra, v, work / "scores", key, "-other-splits")
+                                       for v in VIEWS}
+        except Exception as err:  # one broken candidate is reported, the others still scored
+            if m["kind"] == "current":
+                raise
+            print(f"    failed: {type(err).__name__}: {err}", flush=True)
+            scores.pop(m["name"], None)
+            info[m["name"]] = {"dir": m["dir"], "kind": m["kind"], "error": f"{type(err).__name__}: {err}"}
+            continue
         kinds[m["name"]] = m["kind"]
         info[m["name"]] = {"dir": os.path.relpath(m["dir"], ROOT), "kind": m["kind"], "detector": det.name,
                            "threshold": det.threshold, "seen_published": _seen_published(m["dir"])}
@@ -767,6 +779,7 @@ def main() -> None:
         "comparisons": {k: {kk: vv for kk, vv in c.items() if kk not in ("real", "fake")} for k, c in comps.items()},
         "rows": result_rows, "paired": paired, "decision": decision, "demo": demo,
         "supplement_every_split": supplement,
+        "not_scored": {n: i["error"] for n, i in info.items() if "error" in i},
         "seconds": round(time.time() - t_start, 1),
         "cpu": f"{os.cpu_count()} logical cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
     }
