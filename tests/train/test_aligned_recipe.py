@@ -229,12 +229,12 @@ def test_cli_aligned_recipe_writes_a_model_dir(aligned_set, tmp_path):
             "--set", "progress=false", "--set", json.dumps({"size": SIZE, "channels": 1}).join(["preprocessing=", ""])]
     runner = CliRunner()
     result = runner.invoke(app, [*base, "--out", str(tmp_path / "m"), "--holdout-family", "bilinear",
-                                 "--shuffle-labels", "--max-test-pairs", "4"])
+                                 "--shuffle-labels", "--max-test-pairs", "4", "--max-train-pairs", "10"])
     assert result.exit_code == 0, result.output
     det = load_detector(tmp_path / "m")
     data = det.training_summary["data"]
     assert data["recipe"] == "aligned" and data["holdout_family"] == "bilinear" and data["shuffle_labels"]
-    assert data["leak_check"]["passed"] and det.config["patches_per_image"] == 1
+    assert data["leak_check"]["passed"] and det.config["patches_per_image"] == 1 and data["train"]["pairs"] == 10
     assert det.calibration["method"] != "default"  # τ calibrated on the validation reals
     assert json.loads((tmp_path / "m" / "test_metrics.json").read_text())["aligned_test_pairs"]["n_fake"] == 4
     assert "--shuffle-labels" in (tmp_path / "m" / "MODEL_CARD.md").read_text()

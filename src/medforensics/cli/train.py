@@ -62,6 +62,10 @@ def train(
                                        "after training (0: none)."),
     reencode: bool = typer.Option(False, "--reencode", help="aligned recipe: write every training file through "
                                   "one lossless PNG encoder before the format leak check."),
+    crop: int | None = typer.Option(None, "--crop", help="aligned recipe: crop side in px, a multiple of 8 "
+                                    "(default: the detector's training crop, patch_size / train_crop)."),
+    max_train_pairs: int | None = typer.Option(None, "--max-train-pairs", help="aligned recipe: train on a seeded "
+                                               "subset of this many pairs."),
 ) -> None:
     """Split by patient, train with processing matched between classes, calibrate τ, save, evaluate."""
     refuse_overwrite(out / "config.json", force)
@@ -73,10 +77,10 @@ def train(
             tamper_fraction=tamper_fraction, evaluate=evaluate, aligned_manifest=aligned_manifest,
             holdout_family=holdout_family, shuffle_labels=shuffle_labels, crops_per_pair=crops_per_pair,
             max_val_pairs=max_val_pairs, max_test_pairs=max_test_pairs, reencode=reencode, modality=modality,
-            extra_train=extra_train)
-    if aligned_manifest or holdout_family or shuffle_labels or reencode:
-        raise typer.BadParameter("--aligned-manifest, --holdout-family, --shuffle-labels and --reencode belong to "
-                                 "--recipe aligned")
+            extra_train=extra_train, crop=crop, max_train_pairs=max_train_pairs)
+    if aligned_manifest or holdout_family or shuffle_labels or reencode or crop or max_train_pairs:
+        raise typer.BadParameter("--aligned-manifest, --holdout-family, --shuffle-labels, --reencode, --crop and "
+                                 "--max-train-pairs belong to --recipe aligned")
     m = Manifest.read(manifest) if manifest else shared_manifest()
     if modality:
         m = m.filter(lambda r: r.modality in modality)
@@ -131,7 +135,8 @@ def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path
                    options: list[str], seed: int, tamper_fraction: float, evaluate: bool,
                    aligned_manifest: Path | None, holdout_family: str | None, shuffle_labels: bool,
                    crops_per_pair: int, max_val_pairs: int, max_test_pairs: int, reencode: bool,
-                   modality: list[str], extra_train: list[Path]) -> None:
+                   modality: list[str], extra_train: list[Path], crop: int | None = None,
+                   max_train_pairs: int | None = None) -> None:
     """``--recipe aligned``: see :mod:`medforensics.train.aligned`."""
     import time
 
@@ -166,11 +171,14 @@ def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path
     adapted = {}
     if "patches_per_image" in det.config and "patches_per_image" not in config:
         det.config["patches_per_image"] = adapted["patches_per_image"] = 1  # the pair crop IS the patch
-    crop = training_crop(det.config, det.preprocessing)
+    crop = training_crop(det.config, det.preprocessing) if crop is None else crop
+    if crop < 8 or crop % 8:
+        raise typer.BadParameter(f"--crop must be a positive multiple of 8, got {crop}")
     t0 = time.time()
     try:
         data = prepare_aligned_data(aligned, workdir, holdout_family=holdout_family, reals=reals, seed=seed,
-                                    tamper_fraction=tamper_fraction, max_val_pairs=max_val_pairs, reencode=reencode)
+                                    tamper_fraction=tamper_fraction, max_val_pairs=max_val_pairs,
+                                    max_train_pairs=max_train_pairs, reencode=reencode)
         leak = leak_check(data)
     except AlignedRecipeError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -191,7 +199,9 @@ def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path
                   f"threshold {det.threshold:.4f}")
     args = ["train", name, "--recipe", "aligned", "--aligned-manifest", str(aligned_manifest), "--holdout-family",
             holdout_family, "--out", str(out), "--workdir", str(workdir), "--seed", str(seed), "--tamper-fraction",
-            str(tamper_fraction), "--crops-per-pair", str(crops_per_pair), "--max-val-pairs", str(max_val_pairs)]
+            str(tamper_fraction), "--crops-per-pair", str(crops_per_pair), "--max-val-pairs", str(max_val_pairs),
+            "--crop", str(crop)]
+    args += ["--max-train-pairs", str(max_train_pairs)] if max_train_pairs else []
     args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
     args += (["--shuffle-labels"] if shuffle_labels else []) + (["--reencode"] if reencode else [])
     args += ["--backbone", backbone] if backbone else []

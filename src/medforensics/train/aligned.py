@@ -272,6 +272,7 @@ def prepare_aligned_data(
     val_fraction: float = 0.1,
     tamper_fraction: float = 0.0,
     max_val_pairs: int | None = None,
+    max_train_pairs: int | None = None,
     reencode: bool = False,
 ) -> AlignedData:
     """Split the reals by patient, put each pair where its real goes, hold out one transform family.
@@ -281,7 +282,8 @@ def prepare_aligned_data(
     ``holdout_family`` fakes (at most ``max_val_pairs`` pairs, a seeded choice). Test-split reals
     are set aside (``test_pairs``: every family). A split recorded in the aligned manifest (or the
     reals') is kept; rows without one are split here (``test_fraction``, then ``val_fraction`` of
-    the rest, as ``medforensics train`` does). ``reencode`` writes every training file through one
+    the rest, as ``medforensics train`` does). ``max_train_pairs`` keeps a seeded subset of the
+    training pairs (tampered ones included). ``reencode`` writes every training file through one
     PNG encoder under ``workdir/reencoded`` first.
     """
     pairs = read_aligned_pairs(aligned, reals)
@@ -310,15 +312,19 @@ def prepare_aligned_data(
     if tamper_fraction > 0:
         tampered = tamper_pairs([r for r in real_rows if split_of[_key(r.path)] == "train"],
                                 workdir / "tampered_aligned", fraction=tamper_fraction, seed=seed)
+    train = train + tampered
+    if max_train_pairs is not None and len(train) > max_train_pairs:
+        pick = np.random.default_rng([seed, 0x7A1]).choice(len(train), max_train_pairs, replace=False)
+        train = [train[i] for i in sorted(pick)]
     summary: dict[str, Any] = {
         "recipe": "aligned", "holdout_family": holdout_family, "families": families, "seed": seed,
         "reals": dict(sorted(Counter(split_of.values()).items())),
-        "train": {"pairs": len(train), "pairs_tamper": len(tampered), "reals": len({p.real for p in train}),
-                  "families": family_names(train)},
+        "train": {"pairs": len(train), "pairs_tamper": sum(p.family == "tamper" for p in train),
+                  "reals": len({p.real for p in train}), "families": family_names(train)},
         "val": {"pairs": len(val_pairs), "families": family_names(val_pairs)},
         "test_pairs_set_aside": len(test_pairs),
     }
-    data = AlignedData(train + tampered, _val_manifest(val_pairs), test_pairs, summary)
+    data = AlignedData(train, _val_manifest(val_pairs), test_pairs, summary)
     if reencode:
         data = reencode_training_files(data, workdir / "reencoded")
     return data
