@@ -121,6 +121,7 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
     t0 = time.time()
     det = load_detector(MODELS[mod])
     det.config["progress"] = False
+    det.config["z_reference"] = a.z_reference
     split = btd_real_split(shared_manifest(), modalities=(mod,), seed=0)
     train, val, test = (split.subset(s) for s in ("train", "val", "test"))
     fit_imgs, _, _ = images_of(train.with_rows(stable_subset(list(train), a.n_fit)), det.preprocessing)
@@ -147,11 +148,18 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
     t_imgs, t_rows, t_masks = images_of(tampered, det.preprocessing, masks=True)
     R, T = analyse_all(det, r_imgs), analyse_all(det, t_imgs)
     kinds = np.array([r.generator for r in t_rows])
-    res: dict = {"modality": mod, "model": MODELS[mod], "fit": summary, "n_test_reals": len(r_imgs),
+    res: dict = {"modality": mod, "model": MODELS[mod], "fit": summary, "z_reference": a.z_reference, "n_test_reals": len(r_imgs),
                  "n_tampered": len(t_imgs), "whole_slice": {}, "roi": {}, "pixel_auc": {}}
+    # both z references from the same windows: plain z, and z minus the image's median window z
+    for X in (R, T):
+        zw = X["z_windows_plain"]
+        X["z_plain"] = zw.max(1)
+        X["z_median"] = (zw - np.median(zw, axis=1, keepdims=True)).max(1)
     for kind in ("inject", "remove"):
         sel = kinds == f"tamper-{kind}"
-        res["whole_slice"][kind] = {"residual": auc(R["residual"], T["residual"][sel]), "z": auc(R["z"], T["z"][sel])}
+        res["whole_slice"][kind] = {"residual": auc(R["residual"], T["residual"][sel]),
+                                    "z": auc(R["z_plain"], T["z_plain"][sel]),
+                                    "z − median": auc(R["z_median"], T["z_median"][sel])}
     # pixel AUC of the maps vs the tamper masks; centres of the masks for the ROI setting
     centres, pix = [], {"residual": ([], []), "z": ([], [])}
     for i, m in enumerate(t_masks):
@@ -174,15 +182,20 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
     src_index = {str(r.resolve(test_reals.root)): i for i, r in enumerate(r_rows)}
     pairs = [(src_index.get(t.extra.get("original_path")), j, c) for j, (t, c) in enumerate(zip(t_rows, centres))]
     pairs = [(i, j, c) for i, j, c in pairs if i is not None and c is not None]
-    settings = {"residual, whole patch": ("residual", "full"), "residual, central 32×32": ("residual", "center"),
-                f"z, central {det.config['search_window']}×{det.config['search_window']}": ("z", None)}
-    for name, (mode, region) in settings.items():
+    sw = det.config["search_window"]
+    settings = {"residual, whole patch": ("residual", "full", None), "residual, central 32×32": ("residual", "center", None),
+                f"z, central {sw}×{sw}": ("z", None, "none"),
+                f"z − patch median z, central {sw}×{sw}": ("z", None, "median")}
+    for name, (mode, region, ref) in settings.items():
         det.set_window_score(mode)
         if region:
             det.config["score_region"] = region
+        if ref:
+            det.config["z_reference"] = ref
         src = det.raw_scores(torch.stack([r_imgs[i] for i, _, _ in pairs]), centers=[c for _, _, c in pairs])
         cop = det.raw_scores(torch.stack([t_imgs[j] for _, j, _ in pairs]), centers=[c for _, _, c in pairs])
         det.config["score_region"] = "full"
+        det.config["z_reference"] = a.z_reference
         k = np.array([kinds[j] for _, j, _ in pairs])
         res["roi"][name] = {kind: auc(src[k == f"tamper-{kind}"], cop[k == f"tamper-{kind}"]) for kind in ("inject", "remove")}
     det.set_window_score("z")
@@ -199,7 +212,9 @@ def markdown(results: list[dict]) -> str:
     lines = ["| modality | setting | score | inject AUC [95% CI] | remove AUC [95% CI] | n (real+fake per attack) |",
              "|---|---|---|---|---|---|"]
     for r in results:
-        for key, name in (("residual", "residual (paper, max of windows)"), ("z", "search mode (max window z)")):
+        keys = [("residual", "residual (paper, max of windows)"), ("z", "search mode: max window z"),
+                ("z − median", "search mode: max window z − image median z")]
+        for key, name in keys:
             w = r["whole_slice"]
             lines.append(f"| {r['modality']} | whole slice | {name} | {fmt(w['inject'][key])} | {fmt(w['remove'][key])} "
                          f"| {w['inject'][key]['n_real']}+{w['inject'][key]['n_fake']} / "
@@ -224,6 +239,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=None, help="test reals (stable subset; default 48, as the cards)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "window_normalisation")
     ap.add_argument("--runs", type=Path, default=Path("runs/btd_window_norm"))
+    ap.add_argument("--z-reference", choices=("none", "median"), default="median",
+                    help="z reference of the saved models (both are measured: none also reports the median variant)")
     a = ap.parse_args()
     q = a.quick
     a.n_fit = a.n_fit or (6 if q else 48)

@@ -113,3 +113,22 @@ def test_artefact_raises_window_z_and_roi(trained):
     assert 20 - 16 <= k[0] < 36 + 16 and 24 - 16 <= k[1] < 40 + 16  # the peak window overlaps the artefact
     roi = det.raw_scores(torch.cat([clean, bad]), centers=[(28.0, 32.0), (28.0, 32.0)])
     assert roi[1] > roi[0]
+
+
+def test_median_reference_subtracts_the_image_level(trained):
+    det, train, val, test = trained
+    if det.config["window_score"] != "z":
+        det.fit_window_norm(train, val, min_count=10)
+    plain = det.window_analysis(test)
+    det.config["z_reference"] = "median"
+    try:
+        ref = det.window_analysis(test)
+        zw = plain["z_windows_plain"]
+        np.testing.assert_allclose(ref["z"], (zw - np.median(zw, axis=1, keepdims=True)).max(1), atol=1e-6)
+        np.testing.assert_allclose(det.raw_scores(test), ref["z"], atol=1e-5)
+        brighter = test * 0.5 + 0.25  # the same images at another contrast: the median moves with them
+        assert np.all(np.isfinite(det.raw_scores(brighter, centers=[(32.0, 32.0)] * 3)))
+    finally:
+        det.config["z_reference"] = "none"
+    with pytest.raises(ValueError, match="z_reference"):
+        create_detector("btd", seed=0, **{**TINY, "z_reference": "mean"})

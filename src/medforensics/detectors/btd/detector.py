@@ -110,6 +110,7 @@ DEFAULTS: dict[str, Any] = {
     "search_window": 32,
     "search_stride": 16,
     "window_norm": None,
+    "z_reference": "none",  # "median": subtract the median window z of the image (ROI: of the patch) — per-image level
     # training
     "steps": 2000,
     "batch_size": 16,
@@ -176,6 +177,8 @@ class BTDDetector(Detector):
                 raise ValueError(f"{key} must be positive, got {c[key]}")
         if c["window_norm"] is not None:
             check_window_norm(c["window_norm"])
+        if c["z_reference"] not in ("none", "median"):
+            raise ValueError(f"z_reference must be 'none' or 'median', got {c['z_reference']!r}")
         factor = 2 ** (len(c["channel_mult"]) - 1)
         for key in ("patch_size", "window", "train_patch"):
             v = c[key]
@@ -410,10 +413,14 @@ class BTDDetector(Detector):
         ``patch_size`` patch around the centre, as in :meth:`_centred`)."""
         norm = self.config["window_norm"]
         n, _, h, w = batch.shape
+        median = self.config["z_reference"] == "median"
         if centers is None or all(c is None for c in centers):
             maps, _, _ = self._sliding(batch, d)
             r, m, s, positions, win = window_features(batch.mean(1), maps, norm["window"], norm["stride"])
-            z = torch.from_numpy(standardise(norm, r, m, s))
+            z = standardise(norm, r, m, s)
+            if median:
+                z = z - np.median(z, axis=1, keepdims=True)
+            z = torch.from_numpy(z)
             return max_map(z, positions, win, (h, w)), z.amax(1).float()
         if len(centers) != n:
             raise ValueError(f"got {len(centers)} centres for {n} images")
@@ -432,6 +439,13 @@ class BTDDetector(Detector):
             img = batch[i].mean(0)[y0 : y0 + win, x0 : x0 + win][None]
             r, m, s, _, _ = window_features(img, res_maps[i, y0 : y0 + win, x0 : x0 + win][None], win, win)
             z = float(standardise(norm, r, m, s)[0, 0])
+            if median:  # the reference: the median window z of the patch that went back in time
+                p = min(self.patch_size, h, w)
+                py = min(max(0, int(round(float(c[0]) - p / 2))), h - p)
+                px = min(max(0, int(round(float(c[1]) - p / 2))), w - p)
+                pr, pm, ps, _, _ = window_features(batch[i].mean(0)[None, py : py + p, px : px + p],
+                                                   res_maps[i, py : py + p, px : px + p][None], win, norm["stride"])
+                z -= float(np.median(standardise(norm, pr, pm, ps)))
             scores[i] = z
             out_maps[i, y0 : y0 + win, x0 : x0 + win] = z
         return out_maps, scores
@@ -500,7 +514,12 @@ class BTDDetector(Detector):
         norm = self.config["window_norm"]
         if norm:
             r, m, s, positions, win = window_features(batch.mean(1), maps, norm["window"], norm["stride"])
-            z = torch.from_numpy(standardise(norm, r, m, s))
+            z = standardise(norm, r, m, s)
+            out["z_windows_plain"] = z  # before the reference
+            if self.config["z_reference"] == "median":
+                z = z - np.median(z, axis=1, keepdims=True)
+            out["z_windows"] = z
+            z = torch.from_numpy(z)
             out["z"] = z.amax(1).numpy()
             out["z_map"] = max_map(z, positions, win, tuple(batch.shape[-2:])).numpy()
         return out
