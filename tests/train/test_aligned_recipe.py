@@ -103,6 +103,12 @@ def test_families_and_holdout(aligned_set):
     assert not {p.real for p in data.train} & (test_reals | val_reals)  # recorded splits kept
     assert {p.real for p in data.test_pairs} == test_reals
     assert data.summary["train"]["pairs"] == N_TRAIN and data.summary["val"]["pairs"] == N_VAL
+    # the split recorded in the aligned manifest alone (reals' manifest without one, or none) is kept too
+    blank = reals.with_rows([r.copy(split="") for r in reals])
+    for other in (prepare_aligned_data(fakes, aligned_set[2] / "work", holdout_family="bilinear", reals=blank),
+                  prepare_aligned_data(fakes, aligned_set[2] / "work", holdout_family="bilinear")):
+        assert {p.real for p in other.train} == {p.real for p in data.train}
+        assert {p.real for p in other.test_pairs} == test_reals
     with pytest.raises(AlignedRecipeError, match="families in the set: bilinear"):
         prepare_aligned_data(fakes, aligned_set[2] / "work", holdout_family="transposed", reals=reals)
 

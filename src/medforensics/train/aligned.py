@@ -228,7 +228,7 @@ def _real_rows(pairs: Sequence[AlignedPair], reals: Manifest | None) -> list[Man
             continue
         seen.add(k)
         ref = by_path.get(k)
-        row = ref.copy(path=str(Path(p.real).resolve())) if ref is not None else ManifestRow(
+        row = ref.copy(path=str(Path(p.real).resolve()), split=p.split) if ref is not None else ManifestRow(
             path=str(Path(p.real).resolve()), label="real", modality=p.modality, source=p.source,
             patient_id=p.patient_id, split=p.split)
         out.append(row)
