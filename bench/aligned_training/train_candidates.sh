@@ -47,6 +47,7 @@ done_file() {
   { echo "# candidate model directories (aligned-pairs recipe; see bench/aligned_training/README.md)"
     for d in "$OUT"/*/; do [ -f "$d/config.json" ] && echo "${d%/}"; done; } > "$OUT/DONE"
   cat "$OUT/DONE"
+  .venv/bin/python bench/aligned_training/summarise.py "$OUT"
 }
 
 for step in "${@:-all}"; do
