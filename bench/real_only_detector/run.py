@@ -48,32 +48,40 @@ def test_rows():
     return m, test.filter(lambda r: r.label == "real" or r.family != "tamper")
 
 
-def score_view(fused: FusionDetector, test, view: str, cache: Path, batch_size: int) -> dict:
-    path = cache / f"scores_{view}.json"
+def _view_dataset(pre, test, view: str) -> ImageDataset:
+    transform = None if view == "plain" else ViewTransform(pre.size, pre.fit, view)
+    return ImageDataset(test, pre, transform=transform, seed=0)
+
+
+def score_member(member: str, det, test, view: str, cache: Path, batch_size: int,
+                 fused: FusionDetector | None = None) -> dict:
+    """One member's per-image results on one view (cached as JSON): ``default`` → its probability,
+    ``zed`` → per-level actual/expected coding costs. With ``fused``, the first batch checks that the
+    fusion model's own score equals the bench's arithmetic on these member scores."""
+    path = cache / f"scores_{view}_{member}.json"
     if path.exists():
         return json.loads(path.read_text())
-    pre = fused.preprocessing
-    transform = None if view == "plain" else ViewTransform(pre.size, pre.fit, view)
-    ds = ImageDataset(test, pre, transform=transform, seed=0)
-    default, zed = fused.members
+    ds = _view_dataset(det.preprocessing if fused is None else fused.preprocessing, test, view)
     rows, errors, t0 = [], [], time.time()
     pending: list = []
-    checked = False
+    checked = fused is None
 
     def flush() -> None:
         nonlocal checked
         x = torch.stack([it["image"] for _, it in pending]).float()
         with torch.no_grad():
-            d = np.asarray(default._score_arrays(x), dtype=np.float64)
-            nll, ent, _ = zed._costs(x, want_maps=False)
-        if not checked:  # the bench's fusion arithmetic is the detector's
-            z = zed.probability_from_gaps(nll - ent)
+            if member == "default":
+                out = [{"default": float(v)} for v in det._score_arrays(x)]
+            else:
+                nll, ent, _ = det._costs(x, want_maps=False)
+                out = [{"nll": [float(v) for v in n_], "entropy": [float(v) for v in e_]} for n_, e_ in zip(nll, ent)]
+        if not checked:
+            d = np.asarray(fused.members[0]._score_arrays(x), dtype=np.float64)
+            z = fused.members[1].probability_from_gaps(nll - ent)
             np.testing.assert_allclose(fused.fuse(np.stack([d, z], 1)), fused.score(x), rtol=0, atol=1e-12)
             checked = True
-        for (row, _), dv, g, n_, e_ in zip(pending, d, nll - ent, nll, ent):
-            rows.append({"path": row.path, "label": row.label, "modality": row.modality, "generator": row.generator,
-                         "default": float(dv), "gap": [float(v) for v in g], "nll": [float(v) for v in n_],
-                         "entropy": [float(v) for v in e_]})
+        for (row, _), o in zip(pending, out):
+            rows.append({"path": row.path, "label": row.label, "modality": row.modality, "generator": row.generator, **o})
         pending.clear()
 
     for i in range(len(ds)):
@@ -84,14 +92,23 @@ def score_view(fused: FusionDetector, test, view: str, cache: Path, batch_size: 
             continue
         if len(pending) >= batch_size:
             flush()
-        if i % 50 == 0:
-            print(f"  {view}: {i}/{len(ds)} ({time.time() - t0:.0f} s)", flush=True)
+        if i % 100 == 0:
+            print(f"  {view} {member}: {i}/{len(ds)} ({time.time() - t0:.0f} s)", flush=True)
     if pending:
         flush()
-    out = {"view": view, "rows": rows, "errors": errors, "seconds": round(time.time() - t0, 1)}
+    out = {"view": view, "member": member, "rows": rows, "errors": errors, "seconds": round(time.time() - t0, 1)}
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     return out
+
+
+def score_view(fused: FusionDetector, test, view: str, cache: Path, batch_size: int) -> dict:
+    d = score_member("default", fused.members[0], test, view, cache, batch_size)
+    z = score_member("zed", fused.members[1], test, view, cache, batch_size, fused=fused)
+    if [r["path"] for r in d["rows"]] != [r["path"] for r in z["rows"]]:
+        raise RuntimeError(f"{view}: the members' cached rows differ (stale cache in {cache}?)")
+    rows = [{**a, **b, "gap": [n - e for n, e in zip(b["nll"], b["entropy"])]} for a, b in zip(d["rows"], z["rows"])]
+    return {"rows": rows, "errors": d["errors"], "seconds": round(d["seconds"] + z["seconds"], 1)}
 
 
 def variant_scores(fused: FusionDetector, rows: list[dict]) -> dict[str, np.ndarray]:
@@ -165,7 +182,7 @@ def markdown(results: dict) -> str:
             lines.append(f"| {v} | " + " | ".join(cells)
                          + f" | {r['mean_auc_anatomy_matched_generators']:.3f} / "
                            f"{r['mean_auc_anatomy_matched_generators_n_fake_ge_5']:.3f} | "
-                         + f"{r.get('fpr_test_reals', float('nan')):.3f} | {r.get('tpr_test_fakes', float('nan')):.3f} |")
+                         + (f"{r['fpr_test_reals']:.3f} | {r['tpr_test_fakes']:.3f} |" if "threshold" in r else "— | — |"))
         gens = res["variants"]["default"]["per_generator"]
         lines.append("\nPer generator (fakes vs the test reals of its modality; † anatomy-mismatched):\n")
         lines.append("| generator | modality | n fake | " + " | ".join(res["variants"]) + " |")
@@ -186,9 +203,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--n-boot", type=int, default=500)
     ap.add_argument("--every", type=int, default=1, help="score every k-th test row only (smoke runs)")
+    ap.add_argument("--default-only", action="store_true",
+                    help="only cache the shipped default's scores (needs no zed/fusion model yet)")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.default_only:
+        default = load_detector("default")
+        _, test = test_rows()
+        for view in args.views.split(","):
+            score_member("default", default, test[:: args.every], view, Path(args.cache), args.batch_size)
+        return
     fused = load_detector(args.fusion)
     if not isinstance(fused, FusionDetector) or [m.name for m in fused.members] != ["forensic_cnn", "zed"]:
         raise SystemExit(f"{args.fusion} must be a fusion of (forensic_cnn, zed), in that order")
