@@ -377,14 +377,16 @@ def tamper_pairs(real_rows: Sequence[ManifestRow], out_dir: Path, *, fraction: f
 
 def reencode_training_files(data: AlignedData, out_dir: Path) -> AlignedData:
     """Every training file, real and fake, rewritten losslessly through one PNG encoder (Pillow,
-    ``compress_level=9``, no metadata chunks) under ``out_dir``: same pixels, one container."""
+    ``compress_level=9``, no metadata chunks) under ``out_dir``: same pixels, one container. Copies
+    are kept (named by the source's path, size and modification time) and reused by later runs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
 
     def one(path: str) -> str:
         if path in done:
             return done[path]
-        digest = hashlib.sha256(_key(path).encode()).hexdigest()[:16]
+        st = os.stat(path)  # a rewritten source gets a new copy
+        digest = hashlib.sha256(f"{_key(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
         dest = out_dir / digest[:2] / f"{digest}.png"
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
