@@ -10,6 +10,13 @@ as JSON + a Markdown table. Training is budgeted in wall-clock seconds (the CPU 
 numbers are those of that budget; step counts are recorded.
 
     .venv/bin/python bench/aligned_fakes/run.py --budget-s 360 --n-eval 24
+
+With ``--eval-only --models DIR`` nothing is trained: every autoencoder directory in DIR (as written
+by ``train.py`` or ``medforensics synth align``; ``DIR/ddpm`` too when present) is loaded and
+evaluated on ``--per-modality`` held-out reals of every modality at their native size:
+
+    nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python bench/aligned_fakes/run.py --eval-only \
+        --models runs/aligned/models --per-modality 5
 """
 
 from __future__ import annotations
@@ -93,6 +100,143 @@ def fit_for(gen, crops, seconds: float, batch: int, start_steps: int = 0) -> int
     return gen.step
 
 
+def eval_rows(test_rows, per_modality: int):
+    """``per_modality`` readable reals of each modality, evenly spaced through the split's rows (deterministic)."""
+    by: dict[str, list] = {}
+    for row, path in zip(test_rows, test_rows.paths()):
+        by.setdefault(row.modality, []).append((row, path))
+    out = []
+    for mod in sorted(by):
+        items = by[mod]
+        step = max(1, len(items) // max(1, per_modality))
+        got = 0
+        for row, path in items[::step] + items:
+            if got >= per_modality:
+                break
+            if any(r is row for r, _ in out):
+                continue
+            try:
+                px, _ = read_real(path)
+            except AlignError:
+                continue
+            out.append((row, px))
+            got += 1
+    return out
+
+
+def load_trained(models_dir: Path, names: list[str] | None):
+    """(name, generator) for every autoencoder directory in ``models_dir`` (or the listed ones), plus ``ddpm``."""
+    from medforensics.synth.aligned import load_ae
+    from medforensics.synth.generators import load_generator
+
+    dirs = sorted(d for d in models_dir.iterdir() if (d / "config.json").is_file())
+    aes, ddpm = [], None
+    for d in dirs:
+        family = json.loads((d / "config.json").read_text()).get("family")
+        if d.name == "ddpm":
+            ddpm = load_generator(d)
+        elif family == "aligned_ae" and (names is None or d.name in names):
+            aes.append((d.name, load_ae(d)))
+    return aes, ddpm
+
+
+def evaluate(transforms, test, seed: int) -> list[dict]:
+    results = []
+    for tr in transforms:
+        t0 = time.perf_counter()
+        ps, mods = [], []
+        s_real, s_before, s_after, s_spec = [], [], [], []
+        for row, px in test:
+            fake_px, info = align(px, tr, match="none", seed=seed)
+            real, fake = to_float(px), to_float(fake_px)
+            sr = sharpness(real)
+            matched, _ = match_sharpness(fake, sr, px.dtype)
+            spec, _ = match_spectrum(fake, real, px.dtype)
+            ps.append(psnr(real, fake))
+            mods.append(row.modality)
+            s_real.append(sr)
+            s_before.append(sharpness(fake))
+            s_after.append(sharpness(matched))
+            s_spec.append(sharpness(spec))
+        s_real, s_before, s_after, s_spec = map(np.asarray, (s_real, s_before, s_after, s_spec))
+        finite = np.asarray([min(p, 99.0) for p in ps])
+        by_mod = {m: round(float(np.mean([p for p, mm in zip(finite, mods) if mm == m])), 2) for m in sorted(set(mods))}
+        row = {
+            "transform": tr.name,
+            "kind": tr.kind,
+            "psnr_mean": round(float(np.mean(finite)), 2),
+            "psnr_min": round(float(np.min(finite)), 2),
+            "psnr_by_modality": by_mod,
+            "share_ge_35db": round(float(np.mean(finite >= 35)), 3),
+            "reaches_35db": bool(np.mean(finite) >= 35),
+            "lap_ratio_before": round(float(np.mean(s_before / s_real)), 4),
+            "lap_ratio_after": round(float(np.mean(s_after / s_real)), 4),
+            "abs_log_ratio_after": round(float(np.mean(np.abs(np.log(s_after / s_real)))), 5),
+            "sharpness_auc_before": round(auc(s_real, s_before), 3),
+            "sharpness_auc_after": round(auc(s_real, s_after), 3),
+            "sharpness_auc_spectrum_match": round(auc(s_real, s_spec), 3),
+            "eval_seconds": round(time.perf_counter() - t0, 1),
+        }
+        results.append(row)
+        print(json.dumps(row), flush=True)
+    return results
+
+
+def write_table(results, out: Path, training: dict | None = None) -> list[str]:
+    md = ["| transform | train steps | PSNR mean (min) dB | ≥35 dB images | PSNR by modality (ct/endo/histo/mri/us/xray) "
+          "| \|Lap\| ratio before → after | sharpness AUC before → after (spectrum-matched) |",
+          "|---|---|---|---|---|---|---|"]
+    for r in results:
+        tr = (training or {}).get(r["transform"].split(":", 1)[-1], {})
+        mods = "/".join(str(v) for v in r.get("psnr_by_modality", {}).values())
+        md.append(f"| {r['transform']} | {tr.get('steps', '')} | {r['psnr_mean']} ({r['psnr_min']}) | "
+                  f"{r['share_ge_35db']:.0%} | {mods} | {r['lap_ratio_before']} → {r['lap_ratio_after']} | "
+                  f"{r['sharpness_auc_before']} → {r['sharpness_auc_after']} ({r['sharpness_auc_spectrum_match']}) |")
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    return md
+
+
+def eval_only(args) -> int:
+    t_start = time.perf_counter()
+    split = patient_split(shared_manifest(), test_fraction=0.2, seed=0)
+    test = eval_rows(split.subset("test").filter(label="real"), args.per_modality)
+    names = [n for n in args.aes.split(",") if n] if args.aes_given else None
+    aes, ddpm = load_trained(args.models, names)
+    print(f"{len(aes)} autoencoders{' + ddpm' if ddpm else ''} from {args.models}; {len(test)} held-out reals "
+          f"({', '.join(sorted({r.modality for r, _ in test}))}) at native size", flush=True)
+    transforms = [ae_transform(g, n) for n, g in aes]
+    if ddpm is not None and not args.no_ddpm:
+        transforms += [ddpm_transform(ddpm, steps=1, t=args.ddpm_t), ddpm_transform(ddpm, steps=4, t=args.ddpm_t)]
+    training = {}
+    for n, g in aes:
+        ts = g.training_summary
+        training[n] = {"steps": g.step, "cpu_s": ts.get("cpu_s"), "wall_s": ts.get("seconds"),
+                       "heldout_crop_psnr": ts.get("heldout_crop_psnr"), "batch_size": ts.get("batch_size"),
+                       "crop": ts.get("resolution"), "n_crops": ts.get("n_images"), "n_train_reals": ts.get("n_train_reals"),
+                       "train_split": ts.get("train_split"),
+                       "config": {k: g.config[k] for k in ("latent_channels", "width", "lr", "vq_dim", "vq_codes",
+                                                           "vq_stages", "freq_weight")}}
+    if ddpm is not None:
+        training["ddpm"] = {"steps": ddpm.step}
+    results = evaluate(transforms, test, args.seed)
+    report = {
+        "command": "python bench/aligned_fakes/run.py " + " ".join(sys.argv[1:]),
+        "mode": "eval-only (models trained by bench/aligned_fakes/train.py)",
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} (2 CPU cores shared with other jobs)",
+        "data": {"held_out_reals": len(test), "per_modality": args.per_modality, "size": "native (no crop, no resize)",
+                 "modalities": sorted({r.modality for r, _ in test}),
+                 "split": "test part of patient_split(shared manifest, test_fraction=0.2, seed=0)",
+                 "eval_paths": [str(r.path) for r, _ in test]},
+        "training": training,
+        "results": results,
+    }
+    args.out.write_text(json.dumps(report, indent=1))
+    print("\n".join(write_table(results, args.out, training)))
+    return 0
+
+
 def auc(real_scores, fake_scores) -> float:
     y = np.r_[np.zeros(len(real_scores)), np.ones(len(fake_scores))]
     return float(roc_auc_score(y, np.r_[real_scores, fake_scores]))
@@ -112,7 +256,13 @@ def main() -> int:
     ap.add_argument("--ddpm-t", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=HERE / "results.json")
+    ap.add_argument("--eval-only", action="store_true", help="train nothing: evaluate the models in --models")
+    ap.add_argument("--models", type=Path, default=Path("runs/aligned/models"))
+    ap.add_argument("--per-modality", type=int, default=5, help="--eval-only: held-out reals per modality")
     args = ap.parse_args()
+    args.aes_given = "--aes" in sys.argv
+    if args.eval_only:
+        return eval_only(args)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
 
