@@ -14,10 +14,11 @@ ALIGNED_MANIFEST=${ALIGNED_MANIFEST:-runs/aligned/set/manifest.csv}
 HOLDOUT=${HOLDOUT:-bilinear}
 OUT=${OUT:-runs/aligned/candidates}
 WORK=${WORK:-runs/aligned/work}
-EPOCHS=${EPOCHS:-3}
+EPOCHS=${EPOCHS:-5}
 CROPS=${CROPS:-1}
-CONTROL_EPOCHS=${CONTROL_EPOCHS:-2}
-TAMPER=${TAMPER:-0.5}
+CONTROL_EPOCHS=${CONTROL_EPOCHS:-3}
+NPR_EPOCHS=${NPR_EPOCHS:-4}
+TAMPER=${TAMPER:-0.25}
 MAX_VAL=${MAX_VAL:-100}
 MAX_TEST=${MAX_TEST:-300}
 RUN="nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/medforensics train"
@@ -37,10 +38,10 @@ control() {  # (b) the same with the labels of a seeded half of the pairs swappe
 }
 npr() {  # (c) NPR (neighbouring-pixel relationships), 128-px crops
   $RUN npr --out "$OUT/npr" "${COMMON[@]}" --crops-per-pair "$CROPS" \
-    --set epochs="$EPOCHS" --set batch_size=32 2>&1 | tee "$OUT/npr.log"
+    --set epochs="$NPR_EPOCHS" --set batch_size=32 2>&1 | tee "$OUT/npr.log"
 }
 efficientnet() {  # (d) DSKI adapters on a frozen ImageNet EfficientNet-Lite0 (the `efficientnet` extra)
-  $RUN dski --backbone efficientnet-lite0 --out "$OUT/dski_efficientnet_lite0" "${COMMON[@]}" --crops-per-pair 1 \
+  $RUN dski --backbone efficientnet-lite0 --out "$OUT/dski_efficientnet_lite0" "${COMMON[@]}" --crops-per-pair 1 --crop 128 \
     --set epochs="${DSKI_EPOCHS:-1}" --set batch_size=16 --set device=cpu 2>&1 | tee "$OUT/dski_efficientnet_lite0.log"
 }
 done_file() {
