@@ -319,12 +319,12 @@ def comparisons(rows, matched_gens: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _signed(s: np.ndarray, comp: dict, signs: dict[str, int] | None) -> np.ndarray:
+def _sign(comp: dict, signs: dict[str, int] | None) -> int | None:
+    """The control's fitted sign for a comparison; None when the train split had no fakes of its group (the
+    direction is then taken from the test comparison itself: the control's best case)."""
     if signs is None:
-        return s
-    sign = signs.get(comp["sign"], signs.get("published:*", 1)) if comp["sign"].startswith("published") \
-        else signs.get(comp["sign"], 1)
-    return sign * s
+        return 1
+    return signs.get(comp["sign"])
 
 
 def metrics(s: np.ndarray, comps: dict, signs: dict[str, int] | None, n_boot: int, seed: int) -> dict[str, Any]:
@@ -333,7 +333,12 @@ def metrics(s: np.ndarray, comps: dict, signs: dict[str, int] | None, n_boot: in
     for name, c in comps.items():
         idx = np.r_[c["real"], c["fake"]]
         y = np.r_[np.zeros(c["real"].size, int), np.ones(c["fake"].size, int)]
-        res[name] = _boot_auc(y, _signed(s, c, signs)[idx], n_boot, seed)
+        sign = _sign(c, signs)
+        if sign is None:
+            sign = 1 if _auc(y, s[idx]) >= 0.5 else -1
+            res[name] = {**_boot_auc(y, sign * s[idx], n_boot, seed), "sign": "chosen on test (no train fakes)"}
+        else:
+            res[name] = _boot_auc(y, sign * s[idx], n_boot, seed)
     gens_m = [n for n, c in comps.items() if c["kind"] == "generator" and c["anatomy_matched"]]
     gens_x = [n for n, c in comps.items() if c["kind"] == "generator" and not c["anatomy_matched"]]
     mods = [n for n, c in comps.items() if c["kind"] == "modality" and c["subset"] == "anatomy-matched"]
@@ -448,7 +453,8 @@ def _f(x: Any, d: int = 3) -> str:
 
 
 def _ci(c: dict) -> str:
-    return f"{_f(c['auc'], 2)} [{_f(c['lo'], 2)}, {_f(c['hi'], 2)}]"
+    mark = " ‡" if "sign" in c else ""
+    return f"{_f(c['auc'], 2)} [{_f(c['lo'], 2)}, {_f(c['hi'], 2)}]{mark}"
 
 
 def targets_met(summary: dict[str, dict]) -> dict[str, bool]:
@@ -541,7 +547,9 @@ def write_markdown(result: dict, path: Path) -> str:
         L.append(f"| pooled | {comps[key]['n_fake']} | " +
                  " | ".join(_ci(rows[n]["views"][v]["comparisons"][key]) for n in names) + " |")
         L.append("")
-    L += ["† anatomy-mismatched (no real image of that anatomy in the modality): reported, never decisive.", ""]
+    L += ["† anatomy-mismatched (no real image of that anatomy in the modality): reported, never decisive. "
+          "‡ a control whose direction could not be fitted on the train split (no train fakes of that modality): "
+          "its direction was chosen on this comparison itself, its best case.", ""]
     sup = result.get("supplement_every_split")
     if sup and sup["rows"]:
         L += ["## Supplement: every split's anatomy-matched published fakes vs the test reals", "",
@@ -626,6 +634,33 @@ def plot_auc(result: dict, path: Path) -> Path:
 
 
 # ==================================================================================== main
+
+
+def _without_counts(result: dict) -> dict:
+    """A copy for results.json without the per-row class counts (they are in ``comparisons``)."""
+    def strip(rows: dict) -> dict:
+        return {n: {**r, "views": {v: {**pv, "comparisons": {k: {kk: vv for kk, vv in c.items()
+                                                                 if kk not in ("n_real", "n_fake")}
+                                                             for k, c in pv["comparisons"].items()}}
+                                   for v, pv in r["views"].items()}} for n, r in rows.items()}
+    out = {**result, "rows": strip(result["rows"])}
+    if result.get("supplement_every_split"):
+        out["supplement_every_split"] = {**result["supplement_every_split"],
+                                         "rows": strip(result["supplement_every_split"]["rows"])}
+    return out
+
+
+def _rounded(x: Any, digits: int = 4) -> Any:
+    """``x`` with every float rounded (NaN → None), for a compact results.json."""
+    if isinstance(x, dict):
+        return {k: _rounded(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v, digits) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return round(float(x), digits) if np.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
 
 
 def _seen_published(model_dir: str) -> str:
@@ -740,7 +775,8 @@ def main() -> None:
     comps_x = {k: c for k, c in comparisons(rows_x, sorted({r.generator for r in rows_x if r.label == "fake"})).items()
                if c["kind"] in ("generator", "modality", "pooled") and c.get("subset", "anatomy-matched") == "anatomy-matched"}
     supplement: dict[str, Any] = {"n_fake": len(rows_x) - len(test_reals), "n_real": len(test_reals),
-                                  "comparisons": {k: {kk: vv for kk, vv in c.items() if kk not in ("real", "fake")}
+                                  "comparisons": {k: {**{kk: vv for kk, vv in c.items() if kk not in ("real", "fake")},
+                                                      "n_real": int(c["real"].size), "n_fake": int(c["fake"].size)}
                                                   for k, c in comps_x.items()}, "rows": {}}
     for name in scores:
         merged = {v: {**scores[name][v], **extra_scores[name][v]} for v in VIEWS}
@@ -776,14 +812,15 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "candidates_done_file": done.is_file(),
         "data": n_rows, "n_boot": args.n_boot, "views": list(VIEWS), "targets": TARGETS,
-        "comparisons": {k: {kk: vv for kk, vv in c.items() if kk not in ("real", "fake")} for k, c in comps.items()},
+        "comparisons": {k: {**{kk: vv for kk, vv in c.items() if kk not in ("real", "fake")},
+                            "n_real": int(c["real"].size), "n_fake": int(c["fake"].size)} for k, c in comps.items()},
         "rows": result_rows, "paired": paired, "decision": decision, "demo": demo,
         "supplement_every_split": supplement,
         "not_scored": {n: i["error"] for n, i in info.items() if "error" in i},
         "seconds": round(time.time() - t_start, 1),
         "cpu": f"{os.cpu_count()} logical cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
     }
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    (out / "results.json").write_text(json.dumps(_rounded(_without_counts(result)), default=float) + "\n")
     md = write_markdown(result, out / "results.md")
     png = plot_auc(result, out / "auc_per_generator.png")
     from medforensics.eval.report import write_eval_report
@@ -793,9 +830,15 @@ def main() -> None:
         title, _, body = block.partition("\n")
         for k, part in enumerate(p for p in body.strip().split("\n\n") if p.strip()):
             sections[title.strip() if k == 0 else f"{title.strip()} ({k + 1})"] = part.strip()
-    write_eval_report(sections, {"AUC per generator, per detector, per view": png}, out / "report.html",
-                      title="Unseen published generators: detectors vs controls",
-                      info={"ships": decision["ships"], "rule": SHIP_RULE, "finished": result["finished"]})
+    html = out / "report.html"
+    for drop in ((), ("plain view", "matched view")):  # keep the page small: fewer tables if it gets big
+        kept = {t: b for t, b in sections.items() if not any(d in t for d in drop)}
+        write_eval_report(kept, {"AUC per generator, per detector, per view": png}, html,
+                          title="Unseen published generators: detectors vs controls",
+                          info={"ships": decision["ships"], "rule": SHIP_RULE, "finished": result["finished"],
+                                "all tables": "results.md"})
+        if html.stat().st_size < 190_000:
+            break
     print(md)
     print(f"wrote {out / 'results.json'}, results.md, {png.name}, report.html in {result['seconds']} s")
 
