@@ -210,9 +210,13 @@ class _Pipeline:
         self._score(batch)
 
     def _score(self, batch: list[_Item]) -> None:
-        roi = None if self.e.roi is None else [c for it in batch for c in (it.centres or [None] * it.decoded.n_frames)]
+        arrays = np.concatenate([it.decoded.arrays for it in batch])
         try:
-            scores, maps = self.e._forward(np.concatenate([it.decoded.arrays for it in batch]), roi)
+            if self.e.roi is None:
+                scores, maps = self.e._forward(arrays)
+            else:
+                scores, maps = self.e._forward(arrays, [c for it in batch
+                                                        for c in (it.centres or [None] * it.decoded.n_frames)])
         except Exception as err:  # one input must not fail its batch: score each alone to find it
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); scoring its inputs one by one", len(batch), err)
