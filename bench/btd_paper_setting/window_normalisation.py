@@ -122,6 +122,7 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
     det = load_detector(MODELS[mod])
     det.config["progress"] = False
     det.config["z_reference"] = a.z_reference
+    det.config["search_window"], det.config["search_stride"] = a.search_window, a.search_stride
     split = btd_real_split(shared_manifest(), modalities=(mod,), seed=0)
     train, val, test = (split.subset(s) for s in ("train", "val", "test"))
     fit_imgs, _, _ = images_of(train.with_rows(stable_subset(list(train), a.n_fit)), det.preprocessing)
@@ -183,18 +184,21 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
     pairs = [(src_index.get(t.extra.get("original_path")), j, c) for j, (t, c) in enumerate(zip(t_rows, centres))]
     pairs = [(i, j, c) for i, j, c in pairs if i is not None and c is not None]
     sw = det.config["search_window"]
-    settings = {"residual, whole patch": ("residual", "full", None), "residual, central 32×32": ("residual", "center", None),
-                f"z, central {sw}×{sw}": ("z", None, "none"),
-                f"z − patch median z, central {sw}×{sw}": ("z", None, "median")}
-    for name, (mode, region, ref) in settings.items():
+    settings = {"residual, whole patch": ("residual", "full", None, 32),
+                "residual, central 32×32": ("residual", "center", None, 32),
+                **({f"residual, central {sw}×{sw}": ("residual", "center", None, sw)} if sw != 32 else {}),
+                f"z, central {sw}×{sw}": ("z", None, "none", 32),
+                f"z − patch median z, central {sw}×{sw}": ("z", None, "median", 32)}
+    for name, (mode, region, ref, centre) in settings.items():
         det.set_window_score(mode)
+        det.config["center_patch"] = centre
         if region:
             det.config["score_region"] = region
         if ref:
             det.config["z_reference"] = ref
         src = det.raw_scores(torch.stack([r_imgs[i] for i, _, _ in pairs]), centers=[c for _, _, c in pairs])
         cop = det.raw_scores(torch.stack([t_imgs[j] for _, j, _ in pairs]), centers=[c for _, _, c in pairs])
-        det.config["score_region"] = "full"
+        det.config["score_region"], det.config["center_patch"] = "full", 32
         det.config["z_reference"] = a.z_reference
         k = np.array([kinds[j] for _, j, _ in pairs])
         res["roi"][name] = {kind: auc(src[k == f"tamper-{kind}"], cop[k == f"tamper-{kind}"]) for kind in ("inject", "remove")}
@@ -239,6 +243,8 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=None, help="test reals (stable subset; default 48, as the cards)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "window_normalisation")
     ap.add_argument("--runs", type=Path, default=Path("runs/btd_window_norm"))
+    ap.add_argument("--search-window", type=int, default=32, help="search window side, px at 256² (default 32)")
+    ap.add_argument("--search-stride", type=int, default=16, help="search window stride (default 16)")
     ap.add_argument("--z-reference", choices=("none", "median"), default="median",
                     help="z reference of the saved models (both are measured: none also reports the median variant)")
     a = ap.parse_args()
