@@ -246,3 +246,14 @@ def test_cli_aligned_recipe_writes_a_model_dir(aligned_set, tmp_path):
     assert "--shuffle-labels" in (tmp_path / "m" / "MODEL_CARD.md").read_text()
     bad = runner.invoke(app, [*base, "--out", str(tmp_path / "m2"), "--holdout-family", "diffusion"])
     assert bad.exit_code == 2 and "families in the set" in bad.output
+
+
+def test_leak_check_refuses_files_it_cannot_read(aligned_set, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative work dir: the re-encoded copies must still be found from anywhere
+    reals, fakes, root = aligned_set
+    data = prepare_aligned_data(fakes, Path("work"), holdout_family="bilinear", reals=reals, reencode=True)
+    assert all(Path(p.real).is_absolute() and Path(p.fake).is_absolute() for p in data.train)
+    assert leak_check(data)["n"] == 2 * N_TRAIN
+    missing = [type(p)(**{**p.__dict__, "fake": str(tmp_path / "gone.png")}) for p in data.train]
+    with pytest.raises(LeakCheckError, match="could not read"):
+        leak_check(type(data)(missing, data.val, data.test_pairs, data.summary))

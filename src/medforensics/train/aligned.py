@@ -207,7 +207,7 @@ def read_aligned_pairs(aligned: Manifest, reals: Manifest | None = None) -> list
         real_path = Path(target) if Path(target).is_absolute() else row.resolve(aligned.root).parent / target
         ref = by_path.get(_key(real_path))
         pairs.append(AlignedPair(
-            real=str(real_path), fake=str(row.resolve(aligned.root)), modality=row.modality,
+            real=str(Path(real_path).resolve()), fake=str(row.resolve(aligned.root).resolve()), modality=row.modality,
             generator=row.generator or row.extra.get("transform", ""), family=transform_family(row),
             split=(ref.split if ref is not None and ref.split else row.split),
             patient_id=ref.patient_id if ref is not None else row.patient_id,
@@ -363,13 +363,14 @@ def tamper_pairs(real_rows: Sequence[ManifestRow], out_dir: Path, *, fraction: f
     """Tampered copies (injection / removal, with masks) of a stable ``fraction`` of the reals, as pairs."""
     from ..synth.tamper_set import make_tampered_set
 
+    out_dir = Path(out_dir).resolve()
     paths = [str(Path(r.path).resolve()) for r in real_rows]
     if not paths:
         return []
     root = Path(os.path.commonpath([os.path.dirname(q) for q in paths]))  # relative paths: copies stay under out_dir
     man = Manifest.from_rows([r.copy(path=os.path.relpath(q, root)) for r, q in zip(real_rows, paths)], root=root)
     tampered = make_tampered_set(man, out_dir, fraction=fraction, seed=seed, show_progress=False)
-    return [AlignedPair(real=r.extra["original_path"], fake=str(r.resolve(tampered.root)), modality=r.modality,
+    return [AlignedPair(real=r.extra["original_path"], fake=str(r.resolve(tampered.root).resolve()), modality=r.modality,
                         generator=r.generator, family="tamper", split="train", patient_id=r.patient_id,
                         source=r.source, mask=r.extra["mask"])
             for r in tampered]
@@ -379,6 +380,7 @@ def reencode_training_files(data: AlignedData, out_dir: Path) -> AlignedData:
     """Every training file, real and fake, rewritten losslessly through one PNG encoder (Pillow,
     ``compress_level=9``, no metadata chunks) under ``out_dir``: same pixels, one container. Copies
     are kept (named by the source's path, size and modification time) and reused by later runs."""
+    out_dir = Path(out_dir).resolve()  # absolute: the rows are read from anywhere
     out_dir.mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
 
@@ -412,7 +414,11 @@ def leak_check(data: AlignedData, tolerance: float = 0.6) -> dict[str, Any]:
     """The file-format statistics check on the training files; raises :class:`LeakCheckError` if it fails."""
     from ..benchmark.build.format_check import format_statistics_check
 
-    report = format_statistics_check(data.train_manifest(), tolerance=tolerance).to_dict()
+    manifest = data.train_manifest()
+    report = format_statistics_check(manifest, tolerance=tolerance).to_dict()
+    if report["errors"] or report["n"] != len(manifest):  # a check that read nothing must not pass
+        raise LeakCheckError(f"the leak check could not read {len(manifest) - report['n']} of {len(manifest)} training "
+                             "files: " + "; ".join(report["errors"][:3]), report)
     if not report["passed"]:
         raise LeakCheckError(
             "file-format statistics separate real from fake in the training set: "
