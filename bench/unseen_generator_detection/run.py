@@ -232,6 +232,58 @@ def test_data(work: Path) -> dict[str, Any]:
             "published_generators": published, "other_split_fakes": other}
 
 
+def aligned_test_fakes(runs: Path, test_reals: dict[str, str]):
+    """The aligned set's test fakes (``runs/aligned/set/manifest.csv``, split ``test``) whose real is in this
+    benchmark's test split, with each fake's transform family; None when there is no aligned set."""
+    from medforensics.data import Manifest
+
+    path = runs / "aligned" / "set" / "manifest.csv"
+    if not path.is_file():
+        return None
+    from medforensics.train.aligned import transform_family
+
+    m = Manifest.read(path)
+    rows = []
+    for r in m:
+        real = os.path.realpath(r.extra.get("aligned_to", ""))
+        if r.label == "fake" and r.split == "test" and real in test_reals:
+            new = r.copy()
+            new.extra["transform_family"] = transform_family(r)
+            new.extra["real_key"] = test_reals[real]
+            rows.append(new)
+    return m.with_rows(rows) if rows else None
+
+
+def _holdout_family(model_dir: str, name: str) -> str | None:
+    """The transform family a model was trained without: ``lofo-<family>`` in its name, else its recorded
+    ``holdout_family`` (the aligned recipe validates on one held-out family)."""
+    base = Path(name).name.lower()
+    if base.startswith("lofo-"):
+        return base[len("lofo-"):]
+    try:
+        training = json.loads((Path(model_dir) / "config.json").read_text()).get("training") or {}
+    except (OSError, ValueError):
+        return None
+    data = training.get("data") if isinstance(training.get("data"), dict) else {}
+    return training.get("holdout_family") or data.get("holdout_family")
+
+
+def aligned_metrics(scores: dict[str, float], fake_scores: dict[str, float], aligned, n_boot: int,
+                    two_sided: bool) -> dict[str, Any]:
+    """AUC per transform family: that family's aligned test fakes against the test reals they were made from
+    (plain view). ``two_sided`` (controls): the better direction, their best case."""
+    out = {}
+    for fam in sorted({r.extra["transform_family"] for r in aligned}):
+        fakes = [r for r in aligned if r.extra["transform_family"] == fam and r.path in fake_scores]
+        reals = sorted({r.extra["real_key"] for r in fakes if r.extra["real_key"] in scores})
+        y = np.r_[np.zeros(len(reals), int), np.ones(len(fakes), int)]
+        sc = np.r_[[scores[k] for k in reals], [fake_scores[r.path] for r in fakes]]
+        if two_sided and _auc(y, sc) < 0.5:
+            sc = -sc
+        out[fam] = _boot_auc(y, sc, n_boot, 0)
+    return out
+
+
 def orientation_data(split, shared, work: Path, n_real: int = 400, seed: int = 0):
     """A seeded sample of the train split (reals, their tampered copies, anatomy-matched published fakes) on
     which each control's sign is fitted."""
@@ -576,7 +628,25 @@ def write_markdown(result: dict, path: Path) -> str:
     lofo = [n for n in names if rows[n]["kind"] == "lofo"]
     L += ["## Leave-one-transform-family-out", ""]
     L.append("Models trained without one transform family: " + (", ".join(lofo) if lofo else
-             "none were found under `runs/aligned/candidates/lofo-*` when this ran; no LOFO numbers.") + "")
+             "none named `runs/aligned/candidates/lofo-*` were found when this ran.") + "")
+    al = result.get("aligned_test_pairs") or {}
+    if al.get("available") and al["rows"]:
+        fams = list(al["families"])
+        L += ["", "AUC of each transform family's aligned test fakes (`runs/aligned/set`, made from this benchmark's "
+              "test reals) against the reals they were made from, plain view. **Bold** = the family the model was "
+              "trained without (its `lofo-<family>` name or recorded `holdout_family`): an unseen transform. "
+              "Controls: ‡ their better direction.", "",
+              "| detector | held out | " + " | ".join(f"{f} ({al['families'][f]})" for f in fams) + " |",
+              "|---|---|" + "---:|" * len(fams)]
+        for n, r in al["rows"].items():
+            cells = []
+            for f in fams:
+                c = r["auc"].get(f)
+                cell = "–" if c is None else _ci(c) + (" ‡" if r["kind"] == "control" else "")
+                cells.append(f"**{cell}**" if f == r["held_out_family"] else cell)
+            L.append(f"| {n} | {r['held_out_family'] or '–'} | " + " | ".join(cells) + " |")
+    elif not al.get("available"):
+        L.append("No aligned set (`runs/aligned/set/manifest.csv`) was found: no per-family numbers.")
     demo = result.get("demo")
     if demo:
         L += ["", "## The demo's DICOM set (`medforensics demo` inputs), flagged at each model's own threshold", ""]
@@ -705,6 +775,9 @@ def main() -> None:
         pick = np.random.default_rng(0).choice(len(manifest), min(args.limit, len(manifest)), replace=False)
         manifest = manifest.with_rows([manifest[int(i)] for i in sorted(pick)])
     models = discover_models(runs, args.model)
+    test_real_keys = {os.path.realpath(str(r.resolve(manifest.root))): r.path for r in manifest if r.label == "real"}
+    aligned = aligned_test_fakes(runs, test_real_keys)
+    aligned_scores: dict[str, dict[str, float]] = {}
     if args.baseline_only:
         models = models[:1]
     done = runs / "aligned" / "candidates" / "DONE"
@@ -730,6 +803,8 @@ def main() -> None:
             scores[m["name"]] = {v: score_cached(det, manifest, v, work / "scores", key) for v in VIEWS}
             extra_scores[m["name"]] = {v: score_cached(det, extra, v, work / "scores", key, "-other-splits")
                                        for v in VIEWS}
+            if aligned is not None:
+                aligned_scores[m["name"]] = score_cached(det, aligned, "plain", work / "scores", key, "-aligned-test")
         except Exception as err:  # one broken candidate is reported, the others still scored
             if m["kind"] == "current":
                 raise
@@ -748,6 +823,8 @@ def main() -> None:
         key = f"control-{name}-v1"
         scores[name] = {v: score_cached(ctl, manifest, v, work / "scores", key) for v in VIEWS}
         extra_scores[name] = {v: score_cached(ctl, extra, v, work / "scores", key, "-other-splits") for v in VIEWS}
+        if aligned is not None:
+            aligned_scores[name] = score_cached(ctl, aligned, "plain", work / "scores", key, "-aligned-test")
         signs[name] = {v: fit_signs(orient, score_cached(ctl, orient, v, work / "scores", key + "-orientation"))
                        for v in VIEWS}
         kinds[name] = "control"
@@ -788,6 +865,19 @@ def main() -> None:
                            "summary": {k: res["summary"][k] for k in ("published_matched_mean", "per_modality_min",
                                                                       "pooled_matched")}}
         supplement["rows"][name] = {"seen_published": info[name].get("seen_published", "?"), "views": per_view}
+    lofo_block: dict[str, Any] = {"available": aligned is not None, "rows": {}}
+    if aligned is not None:
+        fams = sorted({r.extra["transform_family"] for r in aligned})
+        lofo_block["families"] = {f: sum(r.extra["transform_family"] == f for r in aligned) for f in fams}
+        for name in scores:
+            if name not in aligned_scores:
+                continue
+            m_dir = info[name].get("dir")
+            lofo_block["rows"][name] = {
+                "kind": kinds[name],
+                "held_out_family": _holdout_family(str(ROOT / m_dir), name) if m_dir else None,
+                "auc": aligned_metrics(scores[name]["plain"], aligned_scores[name], aligned, args.n_boot,
+                                       two_sided=kinds[name] == "control")}
     paired = {}
     for name in result_rows:
         if kinds[name] in ("candidate", "shuffled", "lofo"):
@@ -816,6 +906,7 @@ def main() -> None:
                             "n_real": int(c["real"].size), "n_fake": int(c["fake"].size)} for k, c in comps.items()},
         "rows": result_rows, "paired": paired, "decision": decision, "demo": demo,
         "supplement_every_split": supplement,
+        "aligned_test_pairs": lofo_block,
         "not_scored": {n: i["error"] for n, i in info.items() if "error" in i},
         "seconds": round(time.time() - t_start, 1),
         "cpu": f"{os.cpu_count()} logical cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
