@@ -171,3 +171,36 @@ def test_degenerate_orientation_falls_back_to_instance_numbers(ct_series):
     assert [Path(r.path).name for r in series.instances] == [p.name for p in ct_series]
     assert "duplicate_slice_position" not in {f.code for f in series.findings}
     assert all("implausible_attribute_value" in {f.code for f in r.findings} for r in series.instances)
+
+
+def _resave_with_pydicom(path: Path) -> None:
+    ds = pydicom.dcmread(path)
+    uid = generate_uid()  # pydicom's root
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    del ds.file_meta.ImplementationClassUID
+    del ds.file_meta.ImplementationVersionName
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_half_of_the_series_resaved_by_a_script_is_flagged_without_a_majority(ct_series):
+    # CT-GAN edits may span many consecutive slices: no ⅔ majority rule can see them, the writer can
+    edited = ct_series[: len(ct_series) // 2]
+    for path in edited:
+        _resave_with_pydicom(path)
+    series = inspect_series(ct_series)
+    by = _by_path(series)
+    for path in edited:
+        r = by[path.name]
+        mixed = [f for f in r.series_findings if f.code == "series_mixes_toolkit_writer"]
+        assert {f.evidence["part"] for f in mixed} == {"sop_instance_uid", "implementation_class"}
+        assert r.flagged()
+    assert not any(by[p.name].flagged() for p in ct_series if p not in edited)
+    assert series.flagged()
+
+
+def test_a_series_rewritten_whole_by_one_script_is_not_a_mixed_writer(ct_series):
+    for path in ct_series:  # an anonymiser or converter that re-writes every slice
+        _resave_with_pydicom(path)
+    series = inspect_series(ct_series)
+    assert "series_mixes_toolkit_writer" not in {f.code for r in series.instances for f in r.all_findings}

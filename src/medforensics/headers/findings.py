@@ -51,6 +51,8 @@ CODES: dict[str, tuple[str, str, str]] = {
     "header_differs_from_series": ("series", "medium", "a normally constant tag (vendor, software, station, "
                                                        "implementation class, transfer syntax…) differs"),
     "sop_instance_uid_root_differs": ("series", "high", "SOPInstanceUID not under the root the series shares"),
+    "series_mixes_toolkit_writer": ("series", "high", "a scripting toolkit (pydicom, GDCM/ITK) generated the UID of / "
+                                                      "last wrote some slices of a series but not the others"),
     "duplicate_slice_position": ("series", "medium", "two slices at the same position"),
     "slice_position_gap": ("series", "low", "a slice step > 1.5× the series' step"),
     "instance_number_duplicate": ("series", "medium", "InstanceNumber used twice"),
