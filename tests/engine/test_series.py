@@ -53,6 +53,35 @@ def test_aggregator_orders_slices_by_position_and_finds_the_cube():
     assert len(rec["regions"]) == 1
 
 
+def test_volume_regions_use_the_displayed_slice_size_not_the_voxel_order_shape():
+    # a NIfTI volume: on-disk shape (x, y, z) = (64, 128, 12); io shows 128×64 slices (rows = y) and says so
+    n, side = 12, 64
+    volume = np.full((n, side, side), 0.1, np.float32)
+    volume[4:7, 20:30, 36:46] = 0.95
+    agg = SeriesAggregator(0.5, fit="stretch")
+    agg.add(ScanResult(path="vol.nii.gz", score=0.95, threshold=0.5, verdict="fake", modality="mri",
+                       frames=[float(v.max()) for v in volume],
+                       meta={"original_shape": (64, 128, 12), "frame_shape": [128, 64], "n_frames": n},
+                       frame_maps=volume, frame_positions=[float(k) for k in range(n)]))
+    (rec,) = agg.records()
+    top = rec["regions"][0]
+    assert (top["first_slice"], top["last_slice"]) == (4, 6)
+    assert top["y"] == pytest.approx(25 * 128 / side, abs=2)  # rows stretch ×2
+    assert top["x"] == pytest.approx(41 * 64 / side, abs=1.5)  # columns ×1
+
+
+def test_nifti_results_carry_the_displayed_frame_shape(tmp_path, tiny_model_dir):
+    nib = pytest.importorskip("nibabel")
+    data = np.random.default_rng(0).normal(100, 10, (40, 24, 6)).astype(np.float32)
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(app, ["scan", str(path), "--model", str(tiny_model_dir), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    meta = json.loads(out.read_text())["results"][0]["meta"]
+    assert meta["frame_shape"] == [24, 40] and list(meta["original_shape"]) == [40, 24, 6]
+
+
 def test_untouched_series_has_no_region_and_a_real_verdict():
     agg = SeriesAggregator(0.5)
     for k in range(5):

@@ -113,7 +113,7 @@ def decode_one(seq: int, path: str, preprocessing: Preprocessing, options: Decod
 
 
 #: per-frame facts lifted from ``ImageMeta.extra`` into a result's metadata (series ordering needs them)
-LIFTED_EXTRA = ("slice_position", "instance_number")
+LIFTED_EXTRA = ("slice_position", "instance_number", "frame_shape")
 
 
 def _meta_dict(image: Any) -> dict[str, Any]:

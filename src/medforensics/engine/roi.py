@@ -272,6 +272,8 @@ def centre_in_input(target: RoiTarget, meta: dict[str, Any], preprocessing: Any,
     from ..detectors.btd.patches import prepared_center
 
     shape = tuple(meta.get("original_shape") or ())
+    if hw is None and meta.get("frame_shape"):
+        hw = tuple(int(v) for v in meta["frame_shape"])
     if hw is None:
         hw = shape[1:3] if meta.get("frame_index") is not None and len(shape) >= 3 else shape[:2]
     if len(hw) != 2:

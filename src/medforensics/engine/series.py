@@ -100,6 +100,8 @@ class SeriesAggregator:
         inst = _number(meta.get("instance_number"))
         shape = tuple(meta.get("original_shape", ()))
         hw = shape[:2] if len(scores) == 1 else shape[1:3]  # (rows, cols[, samples]) or (frames, rows, cols…)
+        if meta.get("frame_shape"):  # NIfTI: the displayed slice's size (its on-disk shape is in voxel order)
+            hw = tuple(int(v) for v in meta["frame_shape"])
         for i, score in enumerate(scores):
             if len(s.slices) >= self.max_slices:
                 s.dropped += 1

@@ -226,6 +226,8 @@ def read_nifti(
             extra={
                 "orientation": axcodes,
                 "slice_spacing": new_zooms[2],
+                # (rows, columns) of the displayed slice: the on-disk shape is in voxel order, not display order
+                "frame_shape": [int(v) for v in slices[j].shape[:2]],
                 "slice_position": float(k * new_zooms[2]),  # RAS-reoriented: index order is position order
                 "volume_index": 0 if len(shape) > 3 else None,
                 "modality_guessed": modality is None,
