@@ -16,7 +16,7 @@ OUT=${OUT:-runs/aligned/candidates}
 WORK=${WORK:-runs/aligned/work}
 EPOCHS=${EPOCHS:-5}
 CROPS=${CROPS:-1}
-CONTROL_EPOCHS=${CONTROL_EPOCHS:-3}
+CONTROL_EPOCHS=${CONTROL_EPOCHS:-$EPOCHS}  # the same procedure as (a)
 NPR_EPOCHS=${NPR_EPOCHS:-4}
 TAMPER=${TAMPER:-0.25}
 MAX_VAL=${MAX_VAL:-100}
@@ -42,11 +42,10 @@ npr() {  # (c) NPR (neighbouring-pixel relationships), 128-px crops
 }
 efficientnet() {  # (d) DSKI adapters on a frozen ImageNet EfficientNet-Lite0 (the `efficientnet` extra)
   $RUN dski --backbone efficientnet-lite0 --out "$OUT/dski_efficientnet_lite0" "${COMMON[@]}" --crops-per-pair 1 --crop 128 \
-    --set epochs="${DSKI_EPOCHS:-1}" --set batch_size=16 --set device=cpu 2>&1 | tee "$OUT/dski_efficientnet_lite0.log"
+    --set epochs="${DSKI_EPOCHS:-4}" --set batch_size=16 --set device=cpu 2>&1 | tee "$OUT/dski_efficientnet_lite0.log"
 }
-done_file() {
-  { echo "# candidate model directories (aligned-pairs recipe; see bench/aligned_training/README.md)"
-    for d in "$OUT"/*/; do [ -f "$d/config.json" ] && echo "${d%/}"; done; } > "$OUT/DONE"
+done_file() {  # one model directory per line
+  for d in "$OUT"/*/; do if [ -f "$d/config.json" ]; then echo "${d%/}"; fi; done > "$OUT/DONE"
   cat "$OUT/DONE"
   .venv/bin/python bench/aligned_training/summarise.py "$OUT"
 }
