@@ -213,13 +213,20 @@ def _train_and_score(aligned_set, shuffle: bool) -> float:
 
 
 def test_a_real_decoder_trace_is_learnt_and_the_shuffled_control_is_not(aligned_set):
-    auc, loss = _train_and_score(aligned_set, shuffle=False)
-    control, control_loss = _train_and_score(aligned_set, shuffle=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one summation order: the same AUCs on every machine
+    try:
+        auc, loss = _train_and_score(aligned_set, shuffle=False)
+        control, control_loss = _train_and_score(aligned_set, shuffle=True)
+    finally:
+        torch.set_num_threads(threads)
     record = json.dumps({"auc": auc, "loss": loss, "control_auc": control, "control_loss": control_loss})
     assert auc >= 0.75 and loss < 0.5, record
-    # labels permuted within pairs: nothing to learn (loss stays at ln 2) and the test AUC stays near chance
-    # (an untrained network of this kind already ranks the trace at AUC 0.17-0.94 depending on its seed)
-    assert control <= 0.65 and control_loss > 0.66, record
+    # labels permuted within pairs: nothing to learn — the loss stays at ln 2 — and the control stays far
+    # below the trained model. Its AUC on these 16 test pairs is the untrained network's ranking (0.17–0.94
+    # across init seeds for this architecture), so the bound is relative to the trained model, not 0.5.
+    assert control_loss > 0.66, record
+    assert control <= auc - 0.25, record
 
 
 def test_cli_aligned_recipe_writes_a_model_dir(aligned_set, tmp_path):
