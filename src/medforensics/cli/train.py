@@ -28,6 +28,18 @@ def _parse_options(options: list[str]) -> dict:
     return out
 
 
+def _create(name: str, seed: int, options: list[str], backbone: str | None):
+    """(the --set options as a dict, the detector built from them); exit 2 with the reason when it cannot be built."""
+    config = _parse_options(options)
+    if backbone is not None:
+        config["backbone"] = backbone
+    try:
+        return config, create_detector(name, seed=seed, **config)
+    except (FileNotFoundError, KeyError, ValueError) as exc:  # e.g. backbone weights absent, bad option
+        console.print(f"[red]error:[/red] cannot create detector {name!r}: {exc}")
+        raise typer.Exit(2) from None
+
+
 def train(
     name: str = typer.Argument(..., help=f"Registered detector ({', '.join(list_detectors())})."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
@@ -93,14 +105,7 @@ def train(
         except (OSError, ValueError) as exc:
             console.print(f"[red]error:[/red] cannot read --extra-train manifest {path}: {exc}")
             raise typer.Exit(2) from None
-    config = _parse_options(options)
-    if backbone is not None:
-        config["backbone"] = backbone
-    try:
-        det = create_detector(name, seed=seed, **config)
-    except (FileNotFoundError, KeyError, ValueError) as exc:  # e.g. backbone weights absent, bad option
-        console.print(f"[red]error:[/red] cannot create detector {name!r}: {exc}")
-        raise typer.Exit(2) from None
+    _, det = _create(name, seed, options, backbone)
     data = prepare_supervised_data(m, workdir, seed=seed, tamper_fraction=tamper_fraction if det.supervised else 0.0)
     for path, extra in extras.items():
         data = add_training_rows(data, extra, source=str(path))
@@ -157,14 +162,7 @@ def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path
     except (OSError, ValueError) as exc:
         console.print(f"[red]error:[/red] cannot read a manifest: {exc}")
         raise typer.Exit(2) from None
-    config = _parse_options(options)
-    if backbone is not None:
-        config["backbone"] = backbone
-    try:
-        det = create_detector(name, seed=seed, **config)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        console.print(f"[red]error:[/red] cannot create detector {name!r}: {exc}")
-        raise typer.Exit(2) from None
+    config, det = _create(name, seed, options, backbone)
     if not det.supervised:
         console.print(f"[red]error:[/red] {name} is not supervised; the aligned recipe trains real-vs-fake detectors")
         raise typer.Exit(2)
