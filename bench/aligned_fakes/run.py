@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -319,40 +318,7 @@ def main() -> int:
     transforms = [ae_transform(models[n], n) for n in names]
     if not args.no_ddpm:
         transforms += [ddpm_transform(d, steps=1, t=args.ddpm_t), ddpm_transform(d, steps=4, t=args.ddpm_t)]
-    results = []
-    for tr in transforms:
-        t0 = time.perf_counter()
-        ps, r_before, r_after, r_spec = [], [], [], []
-        s_real, s_before, s_after, s_spec = [], [], [], []
-        for _, px in test:
-            fake_px, info = align(px, tr, match="none", seed=args.seed)
-            real, fake = to_float(px), to_float(fake_px)
-            sr = sharpness(real)
-            matched, _ = match_sharpness(fake, sr, px.dtype)
-            spec, _ = match_spectrum(fake, real, px.dtype)
-            ps.append(psnr(real, fake))
-            s_real.append(sr)
-            s_before.append(sharpness(fake))
-            s_after.append(sharpness(matched))
-            s_spec.append(sharpness(spec))
-        s_real, s_before, s_after, s_spec = map(np.asarray, (s_real, s_before, s_after, s_spec))
-        finite = [p for p in ps if math.isfinite(p)]
-        row = {
-            "transform": tr.name,
-            "kind": tr.kind,
-            "psnr_mean": round(float(np.mean(finite)), 2),
-            "psnr_min": round(float(np.min(finite)), 2),
-            "share_ge_35db": round(float(np.mean(np.asarray(finite) >= 35)), 3),
-            "lap_ratio_before": round(float(np.mean(s_before / s_real)), 4),
-            "lap_ratio_after": round(float(np.mean(s_after / s_real)), 4),
-            "abs_log_ratio_after": round(float(np.mean(np.abs(np.log(s_after / s_real)))), 5),
-            "sharpness_auc_before": round(auc(s_real, s_before), 3),
-            "sharpness_auc_after": round(auc(s_real, s_after), 3),
-            "sharpness_auc_spectrum_match": round(auc(s_real, s_spec), 3),
-            "eval_seconds": round(time.perf_counter() - t0, 1),
-        }
-        results.append(row)
-        print(json.dumps(row), flush=True)
+    results = evaluate(transforms, test, args.seed)
 
     report = {
         "command": "python bench/aligned_fakes/run.py " + " ".join(sys.argv[1:]),
