@@ -47,13 +47,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy import ndimage
 
 from ..data.manifest import Manifest, ManifestRow
 from ..data.split import default_group_key, patient_split, train_val_split
 from ..detectors.components.progress import progress
 from ..io import UnreadableImageError, load, standardise, to_channels
+from ..io.png import to_uint8, write_png
 from .tamper import TamperResult, foreground_mask, inject_lesion, remove_region
 
 __all__ = [
@@ -326,11 +326,6 @@ class AttackSetResult:
     counts: dict[str, dict[str, int]]
 
 
-def _save_png(path: Path, pixels: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)).save(path)
-
-
 def _halves(rows: list[ManifestRow], seed: int, salt: str) -> tuple[list[ManifestRow], list[ManifestRow]]:
     """Split rows 50/50 by patient group (stable hash order; a group never straddles)."""
     groups: dict[str, list[ManifestRow]] = {}
@@ -437,8 +432,8 @@ def _attack_rows(
         stem = Path(row.path).with_suffix("").name
         rel = Path(set_name) / row.modality / attack / f"{stem}.png"
         mask_rel = rel.with_name(f"{stem}.mask.png")
-        _save_png(out_dir / rel, res.pixels)
-        _save_png(out_dir / mask_rel, res.mask.astype(np.float32))
+        write_png(out_dir / rel, to_uint8(res.pixels))
+        write_png(out_dir / mask_rel, to_uint8(res.mask.astype(np.float32)))
         extra = {**base_extra, "attack": attack, "center_y": str(res.center[0]), "center_x": str(res.center[1]),
                  "radius": f"{res.radius:.2f}", "center_rule": rule, "mask": mask_rel.as_posix(),
                  "tamper_method": res.method, "tamper_details": json.dumps(res.details, default=str)}

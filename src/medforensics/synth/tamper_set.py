@@ -7,11 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..data.manifest import Manifest, ManifestRow
 from ..detectors.components.progress import progress
 from ..io import UnreadableImageError, load
+from ..io.png import to_uint8, write_png
 from .tamper import tamper
 
 KINDS = ("inject", "remove")
@@ -20,10 +20,6 @@ KINDS = ("inject", "remove")
 def _pick(key: str, seed: int) -> float:
     """A stable pseudo-random number in [0, 1) for ``key`` (independent of row order)."""
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
 
 
 def make_tampered_set(
@@ -59,9 +55,8 @@ def make_tampered_set(
                 continue
             rng = np.random.default_rng([seed, int(_pick("rng:" + row.path, seed) * 2**31)])
             tampered, mask = tamper(image, kind, rng)
-            img_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(_to_uint8(tampered.pixels)).save(img_path)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
+            write_png(img_path, to_uint8(tampered.pixels))
+            write_png(mask_path, mask.astype(np.uint8) * 255)
         extra = {k: v for k, v in row.extra.items() if k in ("license",)}
         extra.update(original_path=str(row.resolve(manifest.root)), mask=str(mask_path.resolve()))
         rows.append(

@@ -10,7 +10,6 @@ trip), standardised to ``size``×``size``, optionally post-processed by one
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +21,7 @@ from PIL import Image
 from ...data import ManifestRow
 from ...data.processing import MatchedProcessing, estimate_jpeg_quality, jpeg, quantise
 from ...io import load, standardise
+from ...io.png import to_uint8, write_png
 
 _COLOUR_MODES = {"RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "P"}
 
@@ -71,11 +71,7 @@ def pipeline(
 
 def save_png(pixels: np.ndarray, path: Path, mode: str, compress_level: int = 6) -> None:
     """8-bit PNG in ``mode`` ('L' or 'RGB'), fixed zlib level, no metadata chunks; atomic."""
-    arr = np.rint(np.clip(_to_mode(pixels, mode), 0.0, 1.0) * 255.0).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(arr, mode=mode).save(tmp, format="PNG", compress_level=compress_level, optimize=False)
-    os.replace(tmp, path)
+    write_png(path, to_uint8(_to_mode(pixels, mode)), compress_level=compress_level)
 
 
 def safe_name(name: str) -> str:

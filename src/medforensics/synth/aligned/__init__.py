@@ -42,8 +42,8 @@ from .transforms import (
     read_real,
     sharpness,
     tiled,
-    write_png,
 )
+from ...io.png import write_png
 
 __all__ = [
     "AE_REGISTRY", "ALIGNED_COLUMNS", "BOTTLENECKS", "GRID", "MANIFEST_NAME", "STRIDES", "UPSAMPLERS",

@@ -27,7 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...data.manifest import Manifest, ManifestRow
-from .transforms import AlignError, Transform, align, read_real, to_float, write_png
+from ...io.png import write_png
+from .transforms import AlignError, Transform, align, read_real, to_float
 
 #: extra manifest columns of an aligned fake set
 ALIGNED_COLUMNS = ("aligned_to", "transform", "transform_params", "variant", "psnr", "sharpness_ratio")

@@ -74,16 +74,6 @@ def read_real(path: str | Path, max_pixels: int = 100_000_000) -> tuple[np.ndarr
     return arr, {"format": fmt, "mode": mode, "jpeg_quality": quality}
 
 
-def write_png(path: str | Path, pixels: np.ndarray) -> None:
-    """Lossless PNG at the array's bit depth, written to a temporary name and renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img = Image.fromarray(pixels) if pixels.dtype != np.uint16 else Image.fromarray(pixels.astype(np.uint16), "I;16")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
-
-
 def to_float(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / float(np.iinfo(pixels.dtype).max)
 

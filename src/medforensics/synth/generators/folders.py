@@ -17,22 +17,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ...data.manifest import Manifest, ManifestRow, infer_family, is_image_file
 from ...io import UnreadableImageError, load, standardise, to_channels
+from ...io.png import to_uint8, write_png
 
 if TYPE_CHECKING:
     from .base import Generator
 
 #: manifest columns written by :func:`import_fakes` (the imported files' history)
 HISTORY_COLUMNS = ("original_format", "original_height", "original_width", "original_channels", "jpeg_quality")
-
-
-def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """[0, 1] floats → uint8 by ``rint(clip(x) · 255)``."""
-    return np.rint(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _as_manifest(manifest: Manifest | str | Path) -> Manifest:
@@ -131,7 +126,7 @@ def sample_to_folder(
         arr = gen.sample_range(start, count, seed=seed, batch_size=batch_size)
         for k in range(count):
             img = standardise(arr[k], size)
-            Image.fromarray(to_uint8(img)).save(out_dir / names[start + k])
+            write_png(out_dir / names[start + k], to_uint8(img))
             rows.append(ManifestRow(path=names[start + k], label="fake", modality=modality, source=generator_name,
                                     generator=generator_name, family=family, patient_id="NA", extra=dict(extra)))
         bar.update(count)
@@ -214,5 +209,5 @@ def save_grid(images: np.ndarray, path: str | Path, ncol: int | None = None) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(images, ncol)
-    Image.fromarray(to_uint8(grid)).save(path)
+    write_png(path, to_uint8(grid))
     return path
