@@ -276,3 +276,28 @@ def test_paired_auc_bootstrap_identical_detectors_and_one_class() -> None:
     assert math.isnan(one.point) and np.isnan(one.draws).all() and one.summary()["n"] == 0
     with pytest.raises(ValueError, match="differ in length"):
         paired_auc_bootstrap([0, 1], [0.2, 0.3], [0.1])
+
+
+@pytest.mark.parametrize("cells", [4_000_000, 7])
+def test_paired_auc_bootstrap_equals_scikit_learn_on_every_draw(monkeypatch, cells) -> None:
+    """The draws are computed at once from counts; they must equal roc_auc_score on the resampled
+    images of the same random stream (ties included), also when the pair matrix is sliced."""
+    from sklearn.metrics import roc_auc_score
+
+    from medforensics.eval import bootstrap
+
+    monkeypatch.setattr(bootstrap, "_PAIR_CELLS", cells)
+    rng = np.random.default_rng(4)
+    labels = np.r_[np.zeros(37), np.ones(11)]
+    rng.shuffle(labels)
+    a = np.round(rng.normal(size=labels.size) + labels, 1)  # coarse: many ties
+    b = rng.normal(size=labels.size) + 0.3 * labels
+    res = bootstrap.paired_auc_bootstrap(labels, a, b, n_iter=60, seed=7)
+    real, fake = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    ref_rng, y = np.random.default_rng(7), np.r_[np.zeros(real.size), np.ones(fake.size)]
+    expect = []
+    for _ in range(60):
+        idx = np.r_[ref_rng.choice(real, real.size), ref_rng.choice(fake, fake.size)]
+        expect.append(roc_auc_score(y, a[idx]) - roc_auc_score(y, b[idx]))
+    np.testing.assert_allclose(res.draws, expect, atol=1e-12)
+    assert abs(res.point - (roc_auc_score(labels, a) - roc_auc_score(labels, b))) < 1e-12

@@ -304,6 +304,22 @@ class PairedDifference:
         return {**summarize(self.draws, self.point, self.ci), "n_real": self.n_real, "n_fake": self.n_fake}
 
 
+#: pair-comparison matrix cells (fakes × reals) handled at once; larger sets are done in slices of fakes
+_PAIR_CELLS = 4_000_000
+
+
+def _weighted_aucs(fake: np.ndarray, real: np.ndarray, w_fake: np.ndarray, w_real: np.ndarray) -> np.ndarray:
+    """AUC (ties ½) of every row of weights: ``Σ_j Σ_i w_fake[k, j] · w_real[k, i] · [f_j > r_i]`` over
+    ``Σ w_fake[k] · Σ w_real[k]``, the Mann–Whitney statistic of a draw given as counts."""
+    num = np.zeros(w_fake.shape[0], dtype=np.float64)
+    step = max(1, _PAIR_CELLS // max(1, real.size))
+    for s in range(0, fake.size, step):
+        f = fake[s:s + step, None]
+        cmp = (f > real[None, :]).astype(np.float64) + 0.5 * (f == real[None, :])
+        num += np.einsum("kf,kf->k", w_fake[:, s:s + step], w_real @ cmp.T)
+    return num / (w_fake.sum(1) * w_real.sum(1))
+
+
 def paired_auc_bootstrap(
     labels: ArrayLike,
     scores_a: ArrayLike,
@@ -319,25 +335,33 @@ def paired_auc_bootstrap(
     Each draw resamples the reals (``rng.choice(real, n_real)``) and then the fakes
     (``rng.choice(fake, n_fake)``) with replacement, each class at its own size — unlike
     :func:`bootstrap_metrics`, which balances the classes — and scores the *same* drawn images
-    with both detectors: the draw is ``AUC(a) − AUC(b)`` on it (scikit-learn's ``roc_auc_score``,
-    ties count ½). Pairing removes the between-image variance the two detectors share, so the
+    with both detectors: the draw is ``AUC(a) − AUC(b)`` on it (ties count ½, as scikit-learn's
+    ``roc_auc_score``; computed for all draws at once from each draw's counts). Pairing removes the between-image variance the two detectors share, so the
     interval is much narrower than the difference of two independent intervals.
 
     ``rng`` (instead of ``seed``) continues a caller's generator, so several differences can share
     one random stream. With one class only, the point and every draw are NaN.
     """
-    from sklearn.metrics import roc_auc_score
-
     lab, a = validate_inputs(labels, scores_a)
     _, b = validate_inputs(labels, scores_b)
     real, fake = np.flatnonzero(lab == 0), np.flatnonzero(lab == 1)
     if real.size == 0 or fake.size == 0:
         return PairedDifference(float("nan"), np.full(int(n_iter), np.nan), int(real.size), int(fake.size), ci)
     rng = np.random.default_rng(seed) if rng is None else rng
-    point = float(roc_auc_score(lab, a) - roc_auc_score(lab, b))
-    y = np.r_[np.zeros(real.size), np.ones(fake.size)]
-    draws = np.empty(int(n_iter), dtype=np.float64)
-    for i in range(int(n_iter)):
-        idx = np.r_[rng.choice(real, real.size), rng.choice(fake, fake.size)]
-        draws[i] = roc_auc_score(y, a[idx]) - roc_auc_score(y, b[idx])
+    # a draw as counts: how often each real and each fake was drawn (the stream of
+    # rng.choice(real, n_real), rng.choice(fake, n_fake) per draw, as positions); blocks of draws
+    # bound the memory whatever the set size
+    n_r, n_f, n = real.size, fake.size, int(n_iter)
+    draws = np.empty(n, dtype=np.float64)
+    block = max(1, min(256, _PAIR_CELLS // max(1, n_r + n_f)))
+    for start in range(0, n, block):
+        k = min(block, n - start)
+        counts_r, counts_f = np.empty((k, n_r)), np.empty((k, n_f))
+        for i in range(k):
+            counts_r[i] = np.bincount(rng.choice(n_r, n_r), minlength=n_r)
+            counts_f[i] = np.bincount(rng.choice(n_f, n_f), minlength=n_f)
+        draws[start:start + k] = (_weighted_aucs(a[fake], a[real], counts_f, counts_r)
+                                  - _weighted_aucs(b[fake], b[real], counts_f, counts_r))
+    ones_f, ones_r = np.ones((1, n_f)), np.ones((1, n_r))
+    point = float(_weighted_aucs(a[fake], a[real], ones_f, ones_r)[0] - _weighted_aucs(b[fake], b[real], ones_f, ones_r)[0])
     return PairedDifference(point, draws, int(real.size), int(fake.size), ci)
