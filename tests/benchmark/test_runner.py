@@ -193,3 +193,23 @@ def test_unsupervised_detector_shares_one_model_across_held_out_generators(toy_b
     assert len({u["model"] for u in ro}) == 1  # one model for every real-only unit
     assert len({u["model"] for u in sup}) == 5  # the supervised detector is retrained per hold-out
     assert s["models_trained"] == 1 + 5
+
+
+def test_a_run_can_ask_for_the_laundered_view(toy_benchmark, tmp_path):
+    with bank_detector_registered() as bank:
+        cfg = _cfg(str(toy_benchmark.manifest_path), bank, views=["plain", "laundered"],
+                   protocols={"logo": False, "lofo": False, "published": False, "few_shot": False,
+                              "robustness": False})
+        assert cfg.views == ["plain", "laundered"]
+        s = BenchmarkRunner(cfg, tmp_path / "run", show_progress=False, log=LOG).run()
+        assert s["units_failed"] == []
+        unit = json.loads((tmp_path / "run/units/in_distribution/bank.json").read_text())
+        assert set(unit["views"]) == {"plain", "laundered"}
+        plain = [r[2] for r in unit["views"]["plain"]["scores"]]
+        laundered = [r[2] for r in unit["views"]["laundered"]["scores"]]
+        assert len(plain) == len(laundered) and plain != laundered  # the chain really ran
+        assert "laundered" in (tmp_path / "run/results/tables.md").read_text()
+    assert _cfg("x.csv", "bank").views == ["plain", "matched"]  # the default is unchanged
+    for bad, why in ((["plain", "washed"], "unknown"), ([], "empty"), (["plain", "plain"], "twice")):
+        with pytest.raises(ConfigError, match=why):
+            _cfg("x.csv", "bank", views=bad)

@@ -25,7 +25,11 @@ from typing import Any
 MODALITIES = ("ct", "mri", "xray", "ultrasound", "endoscopy", "histopathology")
 FAMILIES = ("diffusion", "gan", "vae")
 PROTOCOLS = ("in_distribution", "logo", "lofo", "published", "few_shot", "robustness", "ablations")
-VIEWS = ("plain", "matched")
+#: every view a run can ask for (:mod:`medforensics.benchmark.protocol`): the detector's own
+#: preprocessing; every image through one resize round trip + JPEG (0.5×, q85); the laundered chain
+#: (0.875×, q80) that re-saving leaves. A config's ``views`` defaults to :data:`DEFAULT_VIEWS`.
+VIEWS = ("plain", "matched", "laundered")
+DEFAULT_VIEWS = ("plain", "matched")
 
 #: perturbations of the robustness protocol by default (see :mod:`medforensics.benchmark.protocols`)
 DEFAULT_PERTURBATIONS = (
@@ -212,7 +216,7 @@ class RunConfig:
     quick_overrides: dict[str, Any] = field(default_factory=dict)  # merged into the config by --quick, before scaling
     training: TrainingSpec = field(default_factory=TrainingSpec)
     protocols: ProtocolSpec = field(default_factory=ProtocolSpec)
-    views: list[str] = field(default_factory=lambda: list(VIEWS))
+    views: list[str] = field(default_factory=lambda: list(DEFAULT_VIEWS))
     n_boot: int = 200
     batch_size: int = 16
     cache_dir: str | None = None  # trained-model cache (default <out>/models)
@@ -221,6 +225,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         bad = [v for v in self.views if v not in VIEWS]
+        if not self.views:
+            raise ConfigError(f"views: empty; choose from {', '.join(VIEWS)}")
+        if len(set(self.views)) != len(self.views):
+            raise ConfigError(f"views: {self.views} names a view twice")
         if bad:
             raise ConfigError(f"views: unknown {bad}; allowed: {', '.join(VIEWS)}")
         if self.benchmark is None and self.build is None:

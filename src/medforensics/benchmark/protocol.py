@@ -30,8 +30,8 @@ from ..detectors.base import Detector
 from ..detectors.components.progress import progress
 from ..eval.tables import metric_table, per_generator_metrics, per_group_metrics
 from ..io import UnreadableImageError, standardise
+from .config import VIEWS
 
-VIEWS = ("plain", "matched", "laundered")
 #: the laundered view's chain, applied to every image of both classes (after standardising)
 LAUNDERING = MatchedProcessing(scale=0.875, jpeg_quality=80)
 
