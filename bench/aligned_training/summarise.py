@@ -1,6 +1,9 @@
 """Collect the candidates' training records into results.json and results.md (this folder).
 
-    .venv/bin/python bench/aligned_training/summarise.py [runs/aligned/candidates]
+    .venv/bin/python bench/aligned_training/summarise.py [runs/aligned/candidates] [STEM]
+
+STEM (default ``results``) names the output files: ``STEM.json`` and ``STEM.md`` in this folder (the history
+candidates use ``results_history``).
 
 Per model directory: detector, training pairs/steps/seconds, the best epoch and its validation AUC on the
 held-out family, the threshold, the leak check, and the AUC on the aligned test pairs (test-split reals,
@@ -35,14 +38,15 @@ def one(model_dir: Path) -> dict:
         "val_auc_per_epoch": [round(h.get("val_auc", float("nan")), 4) for h in hist],
         "val_auc_best": best.get("val_auc"), "threshold": cfg.get("threshold"),
         "leak_check": data.get("leak_check", {}), "config": cfg.get("config"),
-        "aligned_test_pairs": test,
+        "aligned_test_pairs": test, "post_process": data.get("post_process"), "val_history": data.get("val_history"),
     }
 
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/aligned/candidates")
+    stem = sys.argv[2] if len(sys.argv) > 2 else "results"
     rows = [one(d) for d in sorted(root.iterdir()) if (d / "config.json").is_file()]
-    (HERE / "results.json").write_text(json.dumps(rows, indent=1, default=float))
+    (HERE / f"{stem}.json").write_text(json.dumps(rows, indent=1, default=float))
     lines = ["| model | train pairs (tamper) | epochs (best) | train loss by epoch | val AUC held-out family by epoch "
              "| τ | test-pair AUC all | per family |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -52,7 +56,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['train_pairs']} ({r['train_pairs_tamper']}) | {r['epochs']} ({r['best_epoch']}) | "
                      f"{r['train_loss_per_epoch']} | {r['val_auc_per_epoch']} | {r['threshold']:.4f} | "
                      f"{t.get('auc', float('nan')):.3f} | {fams} |")
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    (HERE / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

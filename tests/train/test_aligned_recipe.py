@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from medforensics.data import Manifest
 from medforensics.detectors import create_detector
 from medforensics.detectors.components.loaders import balanced_loader
+from medforensics.io.png import write_png
 from medforensics.io.preprocess import Preprocessing
 from medforensics.synth.aligned import Transform, make_aligned_set
 from medforensics.train.aligned import (
@@ -65,7 +66,7 @@ def _write_reals(folder: Path) -> Path:
         base = 0.25 + 0.5 * (base - base.min()) / np.ptp(base)
         img = np.clip(base + rng.normal(0, 0.05, base.shape), 0, 1)
         name = f"real_{i:02d}.png"
-        Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(folder / name)
+        write_png(folder / name, np.rint(img * 255).astype(np.uint8))  # the writer the aligned fakes go through
         records.append({"path": name, "label": "real", "modality": "ct", "source": "synthetic",
                         "patient_id": f"p{i}", "split": split})
     with open(folder / "manifest.csv", "w", newline="") as fh:
@@ -264,3 +265,129 @@ def test_leak_check_refuses_files_it_cannot_read(aligned_set, tmp_path, monkeypa
     missing = [type(p)(**{**p.__dict__, "fake": str(tmp_path / "gone.png")}) for p in data.train]
     with pytest.raises(LeakCheckError, match="could not read"):
         leak_check(type(data)(missing, data.val, data.test_pairs, data.summary))
+
+
+# --------------------------------------------------------------------------- the history round trip
+#: draws of the default PairPostProcess before the history round trip existed (recorded from that code), and the
+#: next value its generator gave: the new step must leave both unchanged
+PREVIOUS_DRAWS = [
+    ([0, 0, 0], {"scale": 1.0, "resample": "area", "blur": 0.0, "noise": 0.011785249846377613,
+                 "noise_seed": 4312260422999060475, "bits": 6, "jpeg": 0}, 0.002738500170148095),
+    ([3, 1, 7], {"scale": 1.252168718963478, "resample": "lanczos", "blur": 0.0, "noise": 0.0,
+                 "noise_seed": 1391165208270091961, "bits": 0, "jpeg": 0}, 0.8060212902361322),
+    ([5, 2, 11], {"scale": 1.0, "resample": "lanczos", "blur": 0.9432202009594484, "noise": 0.0,
+                  "noise_seed": 351071769865510835, "bits": 0, "jpeg": 0}, 0.39540591153498894),
+]
+HISTORY_ONLY = dict(p_resize=0, p_blur=0, p_noise=0, p_bits=0, p_jpeg=0)
+
+
+@pytest.mark.parametrize("p_roundtrip", [0.0, 1.0])
+def test_history_round_trip_leaves_the_previous_draws_and_the_stream_unchanged(p_roundtrip):
+    post = PairPostProcess(p_roundtrip=p_roundtrip)
+    for seed, previous, next_value in PREVIOUS_DRAWS:
+        rng = np.random.default_rng(seed)
+        draw = post.draw(rng)
+        assert {k: draw[k] for k in previous} == previous
+        assert rng.random() == next_value  # a fixed number of values consumed, whatever fires
+        if p_roundtrip == 0:
+            assert draw["roundtrip"] == 1.0 and draw["roundtrip_jpeg"] == 0
+        else:
+            assert 0.4 <= draw["roundtrip"] <= 0.95 and draw["roundtrip_down"] in post.roundtrip_resamples
+    # the probability is honoured: about 60 % of 500 draws fire, 80 % of those with a JPEG in range
+    draws = [PairPostProcess(p_roundtrip=0.6).draw(np.random.default_rng([9, i])) for i in range(500)]
+    fired = [d for d in draws if d["roundtrip"] != 1.0]
+    assert 0.53 < len(fired) / len(draws) < 0.67
+    assert 0.7 < np.mean([d["roundtrip_jpeg"] > 0 for d in fired]) < 0.9
+    assert not any(d["roundtrip_jpeg"] for d in draws if d["roundtrip"] == 1.0)
+    assert all(65 <= d["roundtrip_jpeg"] <= 95 for d in fired if d["roundtrip_jpeg"])
+    with pytest.raises(ValueError, match="roundtrip_scale_range"):
+        PairPostProcess(roundtrip_scale_range=(0.5, 1.2))
+    with pytest.raises(ValueError, match="p_roundtrip"):
+        PairPostProcess(p_roundtrip=1.5)
+
+
+def test_history_round_trip_p0_reproduces_the_previous_items(aligned_set):
+    data = _data(aligned_set)
+    post = PairPostProcess(p_resize=0.5, p_blur=0.5, p_noise=0.5, p_bits=0.5, p_jpeg=0.5)
+    other = PairPostProcess(p_resize=0.5, p_blur=0.5, p_noise=0.5, p_bits=0.5, p_jpeg=0.5, p_roundtrip=0.0,
+                            roundtrip_scale_range=(0.1, 0.2), roundtrip_quality_range=(10, 20))
+    a, _ = aligned_training_datasets(data, PRE, 32, seed=3, crops_per_pair=2, post=post)
+    b, _ = aligned_training_datasets(data, PRE, 32, seed=3, crops_per_pair=2, post=other)
+    for i in range(len(a)):
+        assert torch.equal(a[i]["image"], b[i]["image"]) and a[i]["offset"] == b[i]["offset"]
+    # an old draw (no round-trip keys) still applies, as before
+    pix = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    old = {k: v for k, v in a[0]["draw"].items() if not k.startswith("roundtrip")}
+    assert np.array_equal(PairPostProcess.apply(pix, old), PairPostProcess.apply(pix, a[0]["draw"]))
+
+
+def test_history_round_trip_is_identical_for_both_members_and_changes_pixels(aligned_set):
+    from medforensics.data.processing import resize_roundtrip
+
+    data = _data(aligned_set)
+    plain, _ = aligned_training_datasets(data, PRE, 32, seed=1, post=PairPostProcess(**HISTORY_ONLY))
+    hist, _ = aligned_training_datasets(data, PRE, 32, seed=1, post=PairPostProcess(**HISTORY_ONLY, p_roundtrip=1.0))
+    no_jpeg, _ = aligned_training_datasets(data, PRE, 32, seed=1, post=PairPostProcess(
+        **HISTORY_ONLY, p_roundtrip=1.0, p_roundtrip_jpeg=0.0))
+    kernels = set()
+    for k in range(len(hist) // 2):
+        real, fake = hist[2 * k], hist[2 * k + 1]
+        assert real["draw"] == fake["draw"] and real["offset"] == fake["offset"]
+        assert real["offset"] == plain[2 * k]["offset"]  # the round trip moves no crop
+        d = real["draw"]
+        assert d["roundtrip"] < 1.0
+        kernels |= {d["roundtrip_down"], d["roundtrip_up"]}
+        # it changes the pixels of both members, and differently from each other (a trace survives)
+        for member in (0, 1):
+            before, after = plain[2 * k + member]["image"], hist[2 * k + member]["image"]
+            assert (after - before).abs().mean() > 1e-3
+        assert not torch.equal(real["image"], fake["image"])
+        # without its JPEG it is exactly the library's down-up round trip of the native crop
+        item = no_jpeg[2 * k + 1]
+        y, x = item["offset"]
+        native = np.asarray(Image.open(no_jpeg.pairs[item["pair"]].fake), dtype=np.float32)[y : y + 32, x : x + 32] / 255
+        expect = resize_roundtrip(native, scale=item["draw"]["roundtrip"], down=item["draw"]["roundtrip_down"],
+                                  up=item["draw"]["roundtrip_up"])
+        assert np.allclose(item["image"][0].numpy(), expect, atol=1e-6)
+        assert not np.allclose(expect, native, atol=1e-3)
+    assert len(kernels) >= 3  # the kernels are drawn, not fixed
+    # one draw, both members: the same pixels through both draws give the same output
+    pix = np.random.default_rng(5).random((48, 48)).astype(np.float32)
+    assert np.array_equal(PairPostProcess.apply(pix, hist[0]["draw"]), PairPostProcess.apply(pix, hist[1]["draw"]))
+
+
+def test_cli_history_options_are_used_and_recorded(aligned_set, tmp_path):
+    from typer.testing import CliRunner
+
+    from medforensics.cli import app
+    from medforensics.detectors import load_detector
+
+    reals, fakes, root = aligned_set
+    base = ["train", "forensic_cnn", "--recipe", "aligned", "--aligned-manifest", str(fakes.path),
+            "--manifest", str(reals.path), "--workdir", str(tmp_path / "work"), "--tamper-fraction", "0",
+            "--holdout-family", "bilinear", "--max-test-pairs", "0", "--reencode",
+            "--set", "width=8", "--set", "patch_size=32", "--set", "patch_stride=32", "--set", "epochs=1",
+            "--set", "progress=false", "--set", json.dumps({"size": SIZE, "channels": 1}).join(["preprocessing=", ""])]
+    runner = CliRunner()
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "m"), "--history-p", "0.6",
+                                 "--history-scale", "0.5,0.9", "--history-val", "0.67,85"])
+    assert result.exit_code == 0, result.output
+    det = load_detector(tmp_path / "m")
+    data = det.training_summary["data"]
+    post = data["post_process"]
+    assert post["p_roundtrip"] == 0.6 and post["roundtrip_scale_range"] == [0.5, 0.9]
+    assert post["p_resize"] == 0.3 and post["p_jpeg"] == 0.3  # the existing steps unchanged
+    assert "0.67" in data["val_history"] and "JPEG q85" in data["val_history"]
+    assert det.training_summary["n_val"] == 2 * 2 * N_VAL  # every validation image, plain and re-saved
+    card = (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    assert "--history-p 0.6" in card and "--history-val 0.67,85" in card
+    # off by default, and recorded as off
+    result = runner.invoke(app, [*base, "--out", str(tmp_path / "m0")])
+    assert result.exit_code == 0, result.output
+    off = load_detector(tmp_path / "m0").training_summary
+    assert off["data"]["post_process"]["p_roundtrip"] == 0.0 and off["data"]["val_history"] is None
+    assert off["n_val"] == 2 * N_VAL
+    bad = runner.invoke(app, [*base, "--out", str(tmp_path / "m1"), "--history-scale", "0.5"])
+    assert bad.exit_code == 2 and "LOW,HIGH" in bad.output
+    bad = runner.invoke(app, ["train", "forensic_cnn", "--out", str(tmp_path / "m2"), "--history-p", "0.5"])
+    assert bad.exit_code == 2 and "--recipe aligned" in bad.output

@@ -78,6 +78,19 @@ def train(
                                     "(default: the detector's training crop, patch_size / train_crop)."),
     max_train_pairs: int | None = typer.Option(None, "--max-train-pairs", help="aligned recipe: train on a seeded "
                                                "subset of this many pairs."),
+    history_p: float = typer.Option(0.0, "--history-p", help="aligned recipe: probability of the history round "
+                                    "trip (down ×--history-scale and back up, then JPEG), the same for both "
+                                    "members of a pair; 0 = off."),
+    history_scale: str = typer.Option("0.4,0.95", "--history-scale", help="aligned recipe: LOW,HIGH range of the "
+                                      "history round trip's down-scale factor."),
+    history_jpeg_p: float = typer.Option(0.8, "--history-jpeg-p", help="aligned recipe: probability of the JPEG "
+                                         "after a history round trip."),
+    history_quality: str = typer.Option("65,95", "--history-quality", help="aligned recipe: LOW,HIGH JPEG quality "
+                                        "range after a history round trip."),
+    history_val: str = typer.Option("", "--history-val", help="aligned recipe: SCALE,QUALITY (e.g. 0.67,85): "
+                                    "validation also scores a copy of every validation image through a bicubic "
+                                    "SCALE× round trip + JPEG QUALITY, so the kept epoch and τ are chosen on "
+                                    "plain and re-saved images together; empty = off."),
 ) -> None:
     """Split by patient, train with processing matched between classes, calibrate τ, save, evaluate."""
     refuse_overwrite(out / "config.json", force)
@@ -89,10 +102,13 @@ def train(
             tamper_fraction=tamper_fraction, evaluate=evaluate, aligned_manifest=aligned_manifest,
             holdout_family=holdout_family, shuffle_labels=shuffle_labels, crops_per_pair=crops_per_pair,
             max_val_pairs=max_val_pairs, max_test_pairs=max_test_pairs, reencode=reencode, modality=modality,
-            extra_train=extra_train, crop=crop, max_train_pairs=max_train_pairs)
-    if aligned_manifest or holdout_family or shuffle_labels or reencode or crop or max_train_pairs:
-        raise typer.BadParameter("--aligned-manifest, --holdout-family, --shuffle-labels, --reencode, --crop and "
-                                 "--max-train-pairs belong to --recipe aligned")
+            extra_train=extra_train, crop=crop, max_train_pairs=max_train_pairs,
+            history=_history_options(history_p, history_scale, history_jpeg_p, history_quality),
+            history_val=history_val)
+    if (aligned_manifest or holdout_family or shuffle_labels or reencode or crop or max_train_pairs or history_p
+            or history_val):
+        raise typer.BadParameter("--aligned-manifest, --holdout-family, --shuffle-labels, --reencode, --crop, "
+                                 "--max-train-pairs, --history-p and --history-val belong to --recipe aligned")
     m = Manifest.read(manifest) if manifest else shared_manifest()
     if modality:
         m = m.filter(lambda r: r.modality in modality)
@@ -136,19 +152,54 @@ def train(
         console.print(f"test metrics → {out / 'test_metrics.json'}; model card → {out / 'MODEL_CARD.md'}")
 
 
+def _history_options(p: float, scale: str, jpeg_p: float, quality: str) -> dict:
+    """The aligned recipe's history round-trip options as :class:`PairPostProcess` fields."""
+    def pair(text: str, kind: type, flag: str) -> tuple:
+        parts = [t.strip() for t in str(text).split(",")]
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            return kind(parts[0]), kind(parts[1])
+        except ValueError:
+            raise typer.BadParameter(f"{flag} expects LOW,HIGH, got {text!r}") from None
+
+    return {"p_roundtrip": float(p), "roundtrip_scale_range": pair(scale, float, "--history-scale"),
+            "p_roundtrip_jpeg": float(jpeg_p), "roundtrip_quality_range": pair(quality, int, "--history-quality")}
+
+
 def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path, backbone: str | None,
                    options: list[str], seed: int, tamper_fraction: float, evaluate: bool,
                    aligned_manifest: Path | None, holdout_family: str | None, shuffle_labels: bool,
                    crops_per_pair: int, max_val_pairs: int, max_test_pairs: int, reencode: bool,
                    modality: list[str], extra_train: list[Path], crop: int | None = None,
-                   max_train_pairs: int | None = None) -> None:
+                   max_train_pairs: int | None = None, history: dict | None = None,
+                   history_val: str = "") -> None:
     """``--recipe aligned``: see :mod:`medforensics.train.aligned`."""
     import time
 
     import numpy as np
 
-    from ..train.aligned import (AlignedRecipeError, LeakCheckError, aligned_training_datasets, leak_check,
-                                 pair_scores, prepare_aligned_data, training_crop)
+    from ..data.processing import MatchedProcessing
+    from ..train.aligned import (AlignedRecipeError, LeakCheckError, PairPostProcess, aligned_training_datasets,
+                                 leak_check, pair_scores, prepare_aligned_data, training_crop)
+
+    try:
+        post = PairPostProcess(**(history or {}))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    val_chain = None
+    if history_val:
+        parts = [t.strip() for t in history_val.split(",")]
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            val_scale, val_quality = float(parts[0]), int(parts[1])
+            if not (0 < val_scale < 1 and 1 <= val_quality <= 100):
+                raise ValueError
+        except ValueError:
+            raise typer.BadParameter(f"--history-val expects SCALE,QUALITY with 0 < SCALE < 1 and 1 <= QUALITY <= "
+                                     f"100, got {history_val!r}") from None
+        val_chain = MatchedProcessing(scale=val_scale, jpeg_quality=val_quality)
 
     if aligned_manifest is None or not holdout_family:
         raise typer.BadParameter("--recipe aligned needs --aligned-manifest and --holdout-family")
@@ -186,9 +237,12 @@ def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path
         raise typer.Exit(3) from None
     data.summary["leak_check"] = {k: leak[k] for k in ("passed", "n", "container_lr_auc", "size_lr_auc", "warnings")}
     data.summary.update(crop=crop, crops_per_pair=crops_per_pair, shuffle_labels=shuffle_labels,
-                        config_adapted=adapted, prepare_seconds=round(time.time() - t0, 1))
+                        config_adapted=adapted, prepare_seconds=round(time.time() - t0, 1),
+                        post_process=post.to_dict(),
+                        val_history=val_chain.describe() if val_chain is not None else None)
     console.print(f"data: {json.dumps(data.summary)}")
-    train_set, val_set = aligned_training_datasets(data, det.preprocessing, crop, seed=seed,
+    train_set, val_set = aligned_training_datasets(data, det.preprocessing, crop, seed=seed, post=post,
+                                                   val_history=val_chain,
                                                    crops_per_pair=crops_per_pair, shuffle_labels=shuffle_labels)
     summary = det.fit(train_set, val_set)
     det.training_summary["data"] = data.summary
@@ -200,6 +254,11 @@ def _train_aligned(name: str, out: Path, *, manifest: Path | None, workdir: Path
             str(tamper_fraction), "--crops-per-pair", str(crops_per_pair), "--max-val-pairs", str(max_val_pairs),
             "--crop", str(crop)]
     args += ["--max-train-pairs", str(max_train_pairs)] if max_train_pairs else []
+    if post.p_roundtrip > 0:
+        args += ["--history-p", f"{post.p_roundtrip:g}", "--history-scale", ",".join(
+            f"{v:g}" for v in post.roundtrip_scale_range), "--history-jpeg-p", f"{post.p_roundtrip_jpeg:g}",
+                 "--history-quality", ",".join(str(v) for v in post.roundtrip_quality_range)]
+    args += ["--history-val", history_val] if history_val else []
     args += (["--manifest", str(manifest)] if manifest else []) + [a for o in options for a in ("--set", o)]
     args += (["--shuffle-labels"] if shuffle_labels else []) + (["--reencode"] if reencode else [])
     args += ["--backbone", backbone] if backbone else []

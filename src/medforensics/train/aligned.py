@@ -14,7 +14,8 @@ the way to the network:
    resize before the network except the random post-processing below. The crop side is the
    detector's training crop (``patch_size`` of ``forensic_cnn``, ``train_crop`` of the scratch CNNs).
 3. **One post-processing draw per pair** (:class:`PairPostProcess`): resize ×0.5–1.5, Gaussian
-   blur, Gaussian noise (the same noise field), bit-depth reduction, JPEG q60–100 — each with its
+   blur, Gaussian noise (the same noise field), bit-depth reduction, JPEG q60–100 and, when asked
+   (``p_roundtrip`` > 0), a history round trip (down ×0.4–0.95 and back, then JPEG) — each with its
    own probability — applied identically to both members.
 4. **A held-out transform family** (e.g. every ``bilinear`` decoder, all strides and bottlenecks)
    is used only for validation / model selection / the threshold; it never appears in training.
@@ -51,7 +52,8 @@ from torch.utils.data import Dataset, Sampler
 
 from ..data import ImageDataset, Manifest, ManifestRow, patient_split, train_val_split
 from ..data.dataset import collate as _collate
-from ..data.processing import gaussian_blur, gaussian_noise, jpeg, quantise, resize
+from ..data.processing import (MatchedProcessing, gaussian_blur, gaussian_noise, jpeg, quantise, resize,
+                               resize_roundtrip)
 from ..io.preprocess import Preprocessing, to_channels
 
 #: offsets of crops are multiples of this (JPEG blocks, decoder tiles)
@@ -79,8 +81,16 @@ class PairPostProcess:
     Steps, in order, each with its probability: resize by a factor in ``scale_range`` (a resample
     kernel from ``resamples``), Gaussian blur (σ in ``blur_range``), Gaussian noise (σ in
     ``noise_range``; one seeded noise field for both members), bit-depth reduction (``bits_range``
-    bits), JPEG (quality in ``quality_range``). :meth:`draw` always consumes the same number of
-    random values, so a seeded generator gives a reproducible stream.
+    bits), JPEG (quality in ``quality_range``), and last the **history round trip**
+    (``p_roundtrip``): down by a factor in ``roundtrip_scale_range`` and back up to the same size,
+    each with its own kernel from ``roundtrip_resamples``, then (``p_roundtrip_jpeg``, given the
+    round trip) JPEG with quality in ``roundtrip_quality_range`` — the history of a re-saved figure
+    crop, and what the benchmark's matched (0.5× + JPEG 85) and laundered (0.875× + JPEG 80) views do.
+
+    :meth:`draw` always consumes the same number of random values from its generator (the round
+    trip's parameters come from a generator seeded by the draw's own noise seed), so a seeded
+    generator gives a reproducible stream, and with ``p_roundtrip=0`` (the default) every draw, and
+    every value drawn after it, is the one the recipe drew before the round trip existed.
     """
 
     p_resize: float = 0.3
@@ -94,6 +104,23 @@ class PairPostProcess:
     bits_range: tuple[int, int] = (5, 7)
     p_jpeg: float = 0.3
     quality_range: tuple[int, int] = (60, 100)
+    p_roundtrip: float = 0.0
+    roundtrip_scale_range: tuple[float, float] = (0.4, 0.95)
+    roundtrip_resamples: tuple[str, ...] = RESAMPLES
+    p_roundtrip_jpeg: float = 0.8
+    roundtrip_quality_range: tuple[int, int] = (65, 95)
+
+    def __post_init__(self) -> None:
+        for name in ("p_resize", "p_blur", "p_noise", "p_bits", "p_jpeg", "p_roundtrip", "p_roundtrip_jpeg"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        lo, hi = self.roundtrip_scale_range
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"roundtrip_scale_range must satisfy 0 < low <= high < 1, got {self.roundtrip_scale_range}")
+        qlo, qhi = self.roundtrip_quality_range
+        if not 1 <= qlo <= qhi <= 100:
+            raise ValueError(f"roundtrip_quality_range must satisfy 1 <= low <= high <= 100, got "
+                             f"{self.roundtrip_quality_range}")
 
     def draw(self, rng: np.random.Generator) -> dict[str, Any]:
         """One draw: which steps fire and their parameters (JSON-able)."""
@@ -105,17 +132,29 @@ class PairPostProcess:
         noise_seed = int(rng.integers(2**62))
         bits = int(rng.integers(self.bits_range[0], self.bits_range[1] + 1))
         quality = int(rng.integers(self.quality_range[0], self.quality_range[1] + 1))
+        # the round trip draws from its own stream (seeded by noise_seed): ``rng`` is left exactly where
+        # it was before this step existed, so the offsets drawn after a draw do not move either
+        hist = np.random.default_rng([noise_seed, 0x4157])
+        v = hist.random(2)
+        rt_scale = float(hist.uniform(*self.roundtrip_scale_range))
+        rt_down = self.roundtrip_resamples[int(hist.integers(len(self.roundtrip_resamples)))]
+        rt_up = self.roundtrip_resamples[int(hist.integers(len(self.roundtrip_resamples)))]
+        rt_quality = int(hist.integers(self.roundtrip_quality_range[0], self.roundtrip_quality_range[1] + 1))
+        roundtrip = bool(v[0] < self.p_roundtrip)
         return {
             "scale": scale if u[0] < self.p_resize else 1.0, "resample": resample,
             "blur": blur if u[1] < self.p_blur else 0.0,
             "noise": noise if u[2] < self.p_noise else 0.0, "noise_seed": noise_seed,
             "bits": bits if u[3] < self.p_bits else 0,
             "jpeg": quality if u[4] < self.p_jpeg else 0,
+            "roundtrip": rt_scale if roundtrip else 1.0, "roundtrip_down": rt_down, "roundtrip_up": rt_up,
+            "roundtrip_jpeg": rt_quality if roundtrip and v[1] < self.p_roundtrip_jpeg else 0,
         }
 
     @staticmethod
     def apply(pixels: np.ndarray, draw: dict[str, Any]) -> np.ndarray:
-        """``pixels`` (H×W or H×W×3 in [0, 1]) through the steps of ``draw``; resizing by ``draw["scale"]``."""
+        """``pixels`` (H×W or H×W×3 in [0, 1]) through the steps of ``draw``; resizing by ``draw["scale"]``
+        (the history round trip keeps the size). A draw without the round-trip keys skips it."""
         out = np.clip(np.asarray(pixels, dtype=np.float32), 0.0, 1.0)
         if draw["scale"] != 1.0:
             h, w = out.shape[:2]
@@ -128,6 +167,10 @@ class PairPostProcess:
             out = quantise(out, draw["bits"])
         if draw["jpeg"]:
             out = jpeg(out, draw["jpeg"])
+        if draw.get("roundtrip", 1.0) != 1.0:  # the history round trip: down and back to the same size
+            out = resize_roundtrip(out, scale=draw["roundtrip"], down=draw["roundtrip_down"], up=draw["roundtrip_up"])
+        if draw.get("roundtrip_jpeg"):
+            out = jpeg(out, draw["roundtrip_jpeg"])
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -575,8 +618,9 @@ class AlignedPairDataset(Dataset):
         pair = self.pairs[p_index]
         real, fake, mask = self.load_pair(p_index)
         rng = np.random.default_rng([self.seed, self.epoch, k])
-        draw = self.post.draw(rng) if self.post is not None else {"scale": 1.0, "resample": "bicubic", "blur": 0.0,
-                                                                     "noise": 0.0, "noise_seed": 0, "bits": 0, "jpeg": 0}
+        draw = self.post.draw(rng) if self.post is not None else {
+            "scale": 1.0, "resample": "bicubic", "blur": 0.0, "noise": 0.0, "noise_seed": 0, "bits": 0, "jpeg": 0,
+            "roundtrip": 1.0, "roundtrip_down": "bicubic", "roundtrip_up": "bicubic", "roundtrip_jpeg": 0}
         side, scale = crop_window(real.shape[:2], self.crop, draw["scale"])
         draw = {**draw, "scale": scale}
         centre = bool(pair.mask) and rng.random() < self.p_mask_centre and bool(mask.any())
@@ -647,17 +691,32 @@ def aligned_training_datasets(
     crops_per_pair: int = 4,
     shuffle_labels: bool = False,
     post: PairPostProcess | None = None,
+    val_history: MatchedProcessing | None = None,
 ) -> tuple[AlignedPairDataset, ImageDataset]:
-    """Training pairs (cropped, post-processed together) and the plain validation set (held-out family).
+    """Training pairs (cropped, post-processed together) and the validation set (held-out family).
 
     Validation images go through the model's own preprocessing, as a scan reads them, so the
-    threshold calibrated on the validation reals is the deployed one.
+    threshold calibrated on the validation reals is the deployed one. With ``val_history`` (a fixed
+    chain, e.g. ``MatchedProcessing(scale=0.67, jpeg_quality=85)``) the validation set also holds a
+    second copy of every validation image, real and fake alike, put through that chain at native
+    resolution (rows marked ``val_history``): the best epoch, the top-k aggregation and τ are then
+    chosen on plain and re-saved images together.
     """
     post = PairPostProcess() if post is None else post
     train = AlignedPairDataset(data.train, preprocessing, crop, post=post, seed=seed, crops_per_pair=crops_per_pair,
                                shuffle_labels=shuffle_labels)
-    val = ImageDataset(data.val, preprocessing, seed=seed)
-    return train, val
+    if val_history is None:
+        return train, ImageDataset(data.val, preprocessing, seed=seed)
+    rows = list(data.val.rows)
+    copies = [r.copy() for r in rows]
+    for r in copies:
+        r.extra["val_history"] = val_history.describe()
+    chain = val_history
+
+    def history(pixels: np.ndarray, rng: np.random.Generator, row: ManifestRow) -> np.ndarray:
+        return chain(pixels) if row.extra.get("val_history") else pixels
+
+    return train, ImageDataset([*rows, *copies], preprocessing, root=data.val.root, seed=seed, transform=history)
 
 
 def pair_scores(detector: Any, pairs: Sequence[AlignedPair], batch: int = 16) -> dict[str, Any]:
