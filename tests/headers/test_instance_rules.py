@@ -175,3 +175,30 @@ def test_series_with_an_unreadable_member_still_reports(ct_series):
     assert series.instances[-1].path == str(ct_series[1])  # unreadable ones come last
     assert series.flagged()
 
+
+
+def test_a_slice_saved_anew_by_a_script_is_flagged_on_its_own(tmp_path, ct_small):
+    """The whole-window re-save: new pydicom SOPInstanceUID, file written by pydicom, series UID
+    untouched, vendor manufacturer — flagged by the instance alone (no other slice needed)."""
+    ds = ct_small
+    assert is_scanner_vendor(str(ds.Manufacturer)) and toolkit_of_uid(str(ds.SeriesInstanceUID)) is None
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    report = inspect_instance(_save(ds, tmp_path, "a.dcm"))
+    codes = {f.code: f for f in report.findings}
+    f = codes["sop_uid_reissued_by_toolkit"]
+    assert f.severity == "medium" and f.evidence["series_instance_uid"] == str(ds.SeriesInstanceUID)
+    assert "pydicom" in f.message and report.flagged()
+
+
+@pytest.mark.parametrize("change", ["anonymised_whole", "no_vendor", "vendor_uid"])
+def test_the_reissue_rule_stays_silent_when_the_identity_is_consistent(tmp_path, ct_small, change):
+    ds = ct_small
+    if change == "anonymised_whole":  # an anonymiser re-identifies study, series and instance with one root
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    elif change == "no_vendor":  # a research object made by a script
+        ds.SOPInstanceUID, ds.Manufacturer = generate_uid(), "Research Lab"
+    else:  # the scanner's own UID: nothing was re-issued
+        pass
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    assert "sop_uid_reissued_by_toolkit" not in _codes(_save(ds, tmp_path, f"{change}.dcm"))
