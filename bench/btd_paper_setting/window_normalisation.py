@@ -17,9 +17,14 @@ For each shipped BTD model (``btd-ct``, ``btd-mri``):
    * the paper's ROI setting: the patch centred on the tamper vs the same patch of the untouched source
      (paired): residual over the whole patch, residual over its central 32×32, and the z of the central
      ``search_window`` square;
-   * pixel AUC of the heat-map against the tamper mask (pooled).
+   * pixel AUC of the heat-map against the tamper mask (pooled, and per attack).
 
-Writes ``results.json`` / ``results.md`` to ``--out``.
+   Besides ``z``, the two-sided search score ``z2`` (per window max(z, texture-deficit z), fitted in the
+   same pass; ``--deficit-*`` set its statistic) is measured the same way.
+
+``--model ct=DIR`` measures another model directory instead of the shipped one (e.g. a newly trained
+model, before deciding whether to ship it). Writes ``results.json`` / ``results.md`` to ``--out``; the
+models with statistics go to ``--runs`` (default ``runs/btd_window_norm``, which the series benchmark reads).
 
     nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python bench/btd_paper_setting/window_normalisation.py
     .venv/bin/python bench/btd_paper_setting/window_normalisation.py --quick   # smoke run, minutes
@@ -43,6 +48,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from medforensics.data import ImageDataset, shared_manifest  # noqa: E402
 from medforensics.detectors import load_detector  # noqa: E402
+from medforensics.detectors.btd.search import DEFICIT_BINNINGS, DEFICIT_DEFAULTS, DEFICIT_FEATURES  # noqa: E402
 from medforensics.eval.bootstrap import bootstrap_metrics  # noqa: E402
 from medforensics.io import standardise  # noqa: E402
 from medforensics.synth.attacks import btd_real_split  # noqa: E402
@@ -119,7 +125,8 @@ def analyse_all(det, imgs: list[torch.Tensor], batch: int = 4) -> dict[str, np.n
 
 def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
     t0 = time.time()
-    det = load_detector(MODELS[mod])
+    model = a.model.get(mod, MODELS[mod])
+    det = load_detector(model)
     det.config["progress"] = False
     det.config["z_reference"] = a.z_reference
     det.config["search_window"], det.config["search_stride"] = a.search_window, a.search_stride
@@ -135,7 +142,7 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
         vol_names.append(f"{rel} ({len(sl)} slices)")
     print(f"[{mod}] statistics on {len(fit_imgs)} manifest train reals + {len(vol_fit)} volume slices; "
           f"calibration on {len(val_imgs)} val reals + {len(vol_val)} volume slices", flush=True)
-    summary = det.fit_window_norm(fit_imgs + vol_fit, val_imgs + vol_val,
+    summary = det.fit_window_norm(fit_imgs + vol_fit, val_imgs + vol_val, deficit=a.deficit,
                                   source=f"manifest {mod} train reals (stable subset {len(fit_imgs)}) + even slices of "
                                   + "; ".join(vol_names))
     print(f"[{mod}] fitted in {summary['seconds']} s: {json.dumps(summary)}", flush=True)
@@ -149,20 +156,23 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
     t_imgs, t_rows, t_masks = images_of(tampered, det.preprocessing, masks=True)
     R, T = analyse_all(det, r_imgs), analyse_all(det, t_imgs)
     kinds = np.array([r.generator for r in t_rows])
-    res: dict = {"modality": mod, "model": MODELS[mod], "fit": summary, "z_reference": a.z_reference, "n_test_reals": len(r_imgs),
+    res: dict = {"modality": mod, "model": str(model), "fit": summary, "deficit": det.config["window_norm"]["deficit"], "z_reference": a.z_reference, "n_test_reals": len(r_imgs),
                  "n_tampered": len(t_imgs), "whole_slice": {}, "roi": {}, "pixel_auc": {}}
     # both z references from the same windows: plain z, and z minus the image's median window z
     for X in (R, T):
-        zw = X["z_windows_plain"]
-        X["z_plain"] = zw.max(1)
-        X["z_median"] = (zw - np.median(zw, axis=1, keepdims=True)).max(1)
+        for key in ("z", "z2"):
+            zw = X[f"{key}_windows_plain"]
+            X[f"{key}_plain"] = zw.max(1)
+            X[f"{key}_median"] = (zw - np.median(zw, axis=1, keepdims=True)).max(1)
     for kind in ("inject", "remove"):
         sel = kinds == f"tamper-{kind}"
         res["whole_slice"][kind] = {"residual": auc(R["residual"], T["residual"][sel]),
                                     "z": auc(R["z_plain"], T["z_plain"][sel]),
-                                    "z − median": auc(R["z_median"], T["z_median"][sel])}
+                                    "z − median": auc(R["z_median"], T["z_median"][sel]),
+                                    "z2": auc(R["z2_plain"], T["z2_plain"][sel]),
+                                    "z2 − median": auc(R["z2_median"], T["z2_median"][sel])}
     # pixel AUC of the maps vs the tamper masks; centres of the masks for the ROI setting
-    centres, pix = [], {"residual": ([], []), "z": ([], [])}
+    centres, pix = [], {"residual": ([], [], []), "z": ([], [], []), "z2": ([], [], [])}
     for i, m in enumerate(t_masks):
         mask = m.numpy() if m is not None else None
         if mask is None:
@@ -173,12 +183,19 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
         mask = mask > 0.5
         ys, xs = np.nonzero(mask)
         centres.append((float(ys.mean()), float(xs.mean())) if len(ys) else None)
-        for key, mkey in (("residual", "residual_map"), ("z", "z_map")):
+        for key, mkey in (("residual", "residual_map"), ("z", "z_map"), ("z2", "z2_map")):
             pix[key][0].append(T[mkey][i].ravel()[::4])
             pix[key][1].append(mask.ravel()[::4])
-    for key, (maps, masks) in pix.items():
+            pix[key][2].append(kinds[i])
+    res["pixel_auc_by_attack"] = {"inject": {}, "remove": {}}
+    for key, (maps, masks, ks) in pix.items():
         if masks:
             res["pixel_auc"][key] = round(float(roc_auc_score(np.concatenate(masks), np.concatenate(maps))), 3)
+            for kind in ("inject", "remove"):
+                sel = [j for j, k in enumerate(ks) if k == f"tamper-{kind}"]
+                if sel:
+                    res["pixel_auc_by_attack"][kind][key] = round(float(roc_auc_score(
+                        np.concatenate([masks[j] for j in sel]), np.concatenate([maps[j] for j in sel]))), 3)
     # the paper's ROI setting, paired: tampered patch vs the same patch of its untouched source
     src_index = {str(r.resolve(test_reals.root)): i for i, r in enumerate(r_rows)}
     pairs = [(src_index.get(t.extra.get("original_path")), j, c) for j, (t, c) in enumerate(zip(t_rows, centres))]
@@ -188,7 +205,9 @@ def run(mod: str, a: argparse.Namespace, runs: Path) -> dict:
                 "residual, central 32×32": ("residual", "center", None, 32),
                 **({f"residual, central {sw}×{sw}": ("residual", "center", None, sw)} if sw != 32 else {}),
                 f"z, central {sw}×{sw}": ("z", None, "none", 32),
-                f"z − patch median z, central {sw}×{sw}": ("z", None, "median", 32)}
+                f"z − patch median z, central {sw}×{sw}": ("z", None, "median", 32),
+                f"z2 (two-sided), central {sw}×{sw}": ("z2", None, "none", 32),
+                f"z2 − patch median z2, central {sw}×{sw}": ("z2", None, "median", 32)}
     for name, (mode, region, ref, centre) in settings.items():
         det.set_window_score(mode)
         det.config["center_patch"] = centre
@@ -217,7 +236,9 @@ def markdown(results: list[dict]) -> str:
              "|---|---|---|---|---|---|"]
     for r in results:
         keys = [("residual", "residual (paper, max of windows)"), ("z", "search mode: max window z"),
-                ("z − median", "search mode: max window z − image median z")]
+                ("z − median", "search mode: max window z − image median z"),
+                ("z2", "two-sided search mode: max window z2"),
+                ("z2 − median", "two-sided search mode: max window z2 − image median z2")]
         for key, name in keys:
             w = r["whole_slice"]
             lines.append(f"| {r['modality']} | whole slice | {name} | {fmt(w['inject'][key])} | {fmt(w['remove'][key])} "
@@ -227,9 +248,12 @@ def markdown(results: list[dict]) -> str:
             n = " / ".join(f"{per[k]['n_real']}+{per[k]['n_fake']}" if per[k] else "0" for k in ("inject", "remove"))
             lines.append(f"| {r['modality']} | ROI centred on the tamper (paired) | {name} | {fmt(per['inject'])} "
                          f"| {fmt(per['remove'])} | {n} |")
-    lines += ["", "| modality | heat-map pixel AUC, residual | heat-map pixel AUC, search-mode z |", "|---|---|---|"]
+    lines += ["", "| modality | tamper masks | heat-map pixel AUC, residual | search-mode z | two-sided z2 |",
+              "|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['modality']} | {r['pixel_auc'].get('residual')} | {r['pixel_auc'].get('z')} |")
+        rows = [("both attacks", r["pixel_auc"])] + [(k, r["pixel_auc_by_attack"][k]) for k in ("inject", "remove")]
+        for name, p in rows:
+            lines.append(f"| {r['modality']} | {name} | {p.get('residual')} | {p.get('z')} | {p.get('z2')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -245,9 +269,19 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("runs/btd_window_norm"))
     ap.add_argument("--search-window", type=int, default=32, help="search window side, px at 256² (default 32)")
     ap.add_argument("--search-stride", type=int, default=16, help="search window stride (default 16)")
+    ap.add_argument("--model", nargs="+", default=[], metavar="MODALITY=DIR",
+                    help="measure these model directories instead of the shipped btd-ct / btd-mri (e.g. ct=runs/x/btd_ct)")
+    ap.add_argument("--deficit-feature", choices=DEFICIT_FEATURES, default=DEFICIT_DEFAULTS["feature"],
+                    help="two-sided score: texture of the sub-windows (input std or residual)")
+    ap.add_argument("--deficit-sub-window", type=int, default=DEFICIT_DEFAULTS["sub_window"])
+    ap.add_argument("--deficit-sub-stride", type=int, default=DEFICIT_DEFAULTS["sub_stride"])
+    ap.add_argument("--deficit-binning", choices=DEFICIT_BINNINGS, default=DEFICIT_DEFAULTS["binning"])
     ap.add_argument("--z-reference", choices=("none", "median"), default="median",
                     help="z reference of the saved models (both are measured: none also reports the median variant)")
     a = ap.parse_args()
+    a.model = dict(m.split("=", 1) for m in a.model)
+    a.deficit = {"feature": a.deficit_feature, "sub_window": a.deficit_sub_window, "sub_stride": a.deficit_sub_stride,
+                 "binning": a.deficit_binning}
     q = a.quick
     a.n_fit = a.n_fit or (6 if q else 48)
     a.n_val = a.n_val or (6 if q else 40)

@@ -58,7 +58,19 @@ from .model import (
     reverse_steps,
     to_model_range,
 )
-from .search import MIN_Z_SCALE, check_window_norm, fit_norm, max_map, standardise, window_features
+from .search import (
+    DEFICIT_DEFAULTS,
+    MIN_Z_SCALE,
+    check_window_norm,
+    deficit_features,
+    fit_deficit,
+    fit_norm,
+    max_map,
+    standardise,
+    standardise_deficit,
+    window_features,
+    window_z,
+)
 from .patches import (
     extract_windows,
     merge_windows,
@@ -105,7 +117,9 @@ DEFAULTS: dict[str, Any] = {
     "center_patch": 32,
     # search mode (module docstring): "residual" = the paper's window score (mean (x₀ − x′)², unchanged);
     # "z" = each search_window × search_window window's log residual energy standardised by real residual
-    # statistics at the same input intensity / texture (``window_norm``, fitted by fit_window_norm)
+    # statistics at the same input intensity / texture (``window_norm``, fitted by fit_window_norm);
+    # "z2" = two-sided search mode: per window max(z, texture-deficit z) (search module docstring; needs
+    # window_norm["deficit"], fitted by fit_window_norm since it exists)
     "window_score": "residual",
     "search_window": 32,
     "search_stride": 16,
@@ -129,6 +143,12 @@ DEFAULTS: dict[str, Any] = {
     "device": "cpu",  # "cpu" | "cuda" | "auto"
     "progress": True,
 }
+
+
+#: window scores: the paper's residual, search mode z, two-sided search mode z2 (module :mod:`.search`)
+WINDOW_SCORES = ("residual", "z", "z2")
+#: keys of the probability map's centre / scale in ``window_norm`` per search-mode score
+_Z_KEYS = {"z": ("z_center", "z_scale"), "z2": ("z2_center", "z2_scale")}
 
 
 @register_detector
@@ -170,8 +190,9 @@ class BTDDetector(Detector):
             raise ValueError(f"aggregate must be 'max' or 'mean', got {c['aggregate']!r}")
         if c["score_region"] not in ("full", "center"):
             raise ValueError(f"score_region must be 'full' or 'center', got {c['score_region']!r}")
-        if c["window_score"] not in ("residual", "z"):
-            raise ValueError(f"window_score must be 'residual' or 'z', got {c['window_score']!r}")
+        if c["window_score"] not in WINDOW_SCORES:
+            raise ValueError(f"window_score must be one of {', '.join(map(repr, WINDOW_SCORES))}, "
+                             f"got {c['window_score']!r}")
         for key in ("search_window", "search_stride"):
             if int(c[key]) <= 0:
                 raise ValueError(f"{key} must be positive, got {c[key]}")
@@ -399,12 +420,19 @@ class BTDDetector(Detector):
 
     # ------------------------------------------------------------------ search mode (window z-scores)
     def _z_mode(self) -> bool:
-        if self.config["window_score"] != "z" or self.__dict__.get("_force_residual"):
+        mode = self.config["window_score"]
+        if mode not in _Z_KEYS or self.__dict__.get("_force_residual"):
             return False
         if not self.config["window_norm"]:
-            raise ValueError("window_score='z' needs real residual statistics (window_norm): fit them with "
+            raise ValueError(f"window_score={mode!r} needs real residual statistics (window_norm): fit them with "
                              "BTDDetector.fit_window_norm (bench/btd_paper_setting/window_normalisation.py)")
+        if mode == "z2" and not self.config["window_norm"].get("deficit"):
+            raise ValueError("window_score='z2' needs texture-deficit statistics (window_norm['deficit']), which "
+                             "this model's window_norm predates: refit them with BTDDetector.fit_window_norm")
         return True
+
+    def _two_sided(self) -> bool:
+        return self.config["window_score"] == "z2"
 
     def _search(self, batch: torch.Tensor, centers: Sequence[tuple[float, float] | None] | None = None,
                 d: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,10 +442,10 @@ class BTDDetector(Detector):
         norm = self.config["window_norm"]
         n, _, h, w = batch.shape
         median = self.config["z_reference"] == "median"
+        two = self._two_sided()
         if centers is None or all(c is None for c in centers):
             maps, _, _ = self._sliding(batch, d)
-            r, m, s, positions, win = window_features(batch.mean(1), maps, norm["window"], norm["stride"])
-            z = standardise(norm, r, m, s)
+            z, positions, win = window_z(norm, batch.mean(1), maps, two_sided=two)
             if median:
                 z = z - np.median(z, axis=1, keepdims=True)
             z = torch.from_numpy(z)
@@ -437,15 +465,16 @@ class BTDDetector(Detector):
             y0 = min(max(0, int(round(float(c[0]) - win / 2))), h - win)
             x0 = min(max(0, int(round(float(c[1]) - win / 2))), w - win)
             img = batch[i].mean(0)[y0 : y0 + win, x0 : x0 + win][None]
-            r, m, s, _, _ = window_features(img, res_maps[i, y0 : y0 + win, x0 : x0 + win][None], win, win)
-            z = float(standardise(norm, r, m, s)[0, 0])
+            z = float(window_z(norm, img, res_maps[i, y0 : y0 + win, x0 : x0 + win][None], two_sided=two,
+                               window=win, stride=win)[0][0, 0])
             if median:  # the reference: the median window z of the patch that went back in time
                 p = min(self.patch_size, h, w)
                 py = min(max(0, int(round(float(c[0]) - p / 2))), h - p)
                 px = min(max(0, int(round(float(c[1]) - p / 2))), w - p)
-                pr, pm, ps, _, _ = window_features(batch[i].mean(0)[None, py : py + p, px : px + p],
-                                                   res_maps[i, py : py + p, px : px + p][None], win, norm["stride"])
-                z -= float(np.median(standardise(norm, pr, pm, ps)))
+                pz = window_z(norm, batch[i].mean(0)[None, py : py + p, px : px + p],
+                              res_maps[i, py : py + p, px : px + p][None], two_sided=two, window=win,
+                              stride=norm["stride"])[0]
+                z -= float(np.median(pz))
             scores[i] = z
             out_maps[i, y0 : y0 + win, x0 : x0 + win] = z
         return out_maps, scores
@@ -453,20 +482,20 @@ class BTDDetector(Detector):
     @torch.no_grad()
     def fit_window_norm(self, reals: Sequence[torch.Tensor] | torch.Tensor, val: Sequence[torch.Tensor] | torch.Tensor,
                         *, bins: int = 8, min_count: int = 30, window: int | None = None, stride: int | None = None,
-                        source: str = "") -> dict[str, Any]:
+                        source: str = "", deficit: dict[str, Any] | None = None) -> dict[str, Any]:
         """Search mode: fit the real window-residual statistics on ``reals`` (preprocessed real slices, C×H×W
-        each), then calibrate the window-z score on ``val`` reals (τ at ``target_fpr``) and switch this
-        detector to ``window_score="z"``. The residual-score calibration is kept beside it
-        (:meth:`set_window_score` switches back). Returns a summary."""
-        from ...eval.calibration import calibrate
-
+        each) and, in the same pass, the texture-deficit statistics of two-sided search mode (``deficit``:
+        overrides of :data:`~.search.DEFICIT_DEFAULTS`); then calibrate the ``z2`` and ``z`` scores on ``val``
+        reals (τ at ``target_fpr``, each) and switch this detector to ``window_score="z"``. The residual-score
+        calibration is kept beside them (:meth:`set_window_score` switches). Returns a summary."""
         c = self.config
         window, stride = int(window or c["search_window"]), int(stride or c["search_stride"])
+        dcfg = {**DEFICIT_DEFAULTS, **(deficit or {})}
         t0 = time.time()
         old = c["window_norm"] or {}
-        residual_cal = (old["calibration"]["residual"] if c["window_score"] == "z" and "calibration" in old
+        residual_cal = (old["calibration"]["residual"] if c["window_score"] in _Z_KEYS and "calibration" in old
                         else self._calibration_record("residual"))
-        feats: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        feats: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         step = max(1, int(c["window_batch"]) // 4)
         self._force_residual = True
         try:
@@ -474,36 +503,56 @@ class BTDDetector(Detector):
                 batch = self._to_model_channels(torch.stack([torch.as_tensor(x) for x in reals[start : start + step]]))
                 maps, _, _ = self._sliding(batch)
                 r, m, s, _, _ = window_features(batch.mean(1), maps, window, stride)
-                feats.append((r.ravel(), m.ravel(), s.ravel()))
+                q = deficit_features(batch.mean(1), maps, window, stride, feature=dcfg["feature"],
+                                     sub_window=dcfg["sub_window"], sub_stride=dcfg["sub_stride"])
+                feats.append((r.ravel(), m.ravel(), s.ravel(), q.ravel()))
         finally:
             self._force_residual = False
-        r, m, s = (np.concatenate([f[k] for f in feats]) for k in range(3))
+        r, m, s, q = (np.concatenate([f[k] for f in feats]) for k in range(4))
         norm = fit_norm(r, m, s, bins=bins, min_count=min_count, window=window, stride=stride)
+        norm["deficit"] = fit_deficit(norm, q, m, s, min_count=min_count, **dcfg)
         norm.update(n_images=len(reals), source=source)
-        c["window_norm"], c["window_score"] = norm, "z"
+        c["window_norm"] = norm
+        records = {"residual": residual_cal}
+        for mode in ("z2", "z"):  # z last: the detector ends in search mode z, as before z2 existed
+            c["window_score"] = mode
+            records[mode] = self._calibrate_search(val, step)
+        norm["calibration"] = records
+        return {"window_norm_images": len(reals), "window_norm_windows": int(r.size), "val_images": len(val),
+                "val_max_z_median": norm["z_center"], "val_max_z2_median": norm["z2_center"],
+                "threshold": self.threshold, "threshold_z2": records["z2"]["threshold"],
+                "achieved_fpr": self.calibration.get("achieved_fpr"),
+                "achieved_fpr_z2": records["z2"]["calibration"].get("achieved_fpr"), "seconds": round(time.time() - t0, 1)}
+
+    def _calibrate_search(self, val: Sequence[torch.Tensor] | torch.Tensor, step: int) -> dict[str, Any]:
+        """Probability map (centre / scale of the real val max window scores) and τ of the current search mode."""
+        from ...eval.calibration import calibrate
+
+        mode = self.config["window_score"]
+        norm = self.config["window_norm"]
+        k_center, k_scale = _Z_KEYS[mode]
         zmax = []
         for start in range(0, len(val), step):
             batch = self._to_model_channels(torch.stack([torch.as_tensor(x) for x in val[start : start + step]]))
             zmax.append(self._search(batch)[1].double().numpy())
         z = np.concatenate(zmax)
         q25, q50, q75 = np.percentile(z, [25, 50, 75])
-        norm["z_center"] = float(q50)
-        norm["z_scale"] = float(max((q75 - q25) / 1.349 if len(z) >= 4 else np.std(z), MIN_Z_SCALE))
+        norm[k_center] = float(q50)
+        norm[k_scale] = float(max((q75 - q25) / 1.349 if len(z) >= 4 else np.std(z), MIN_Z_SCALE))
         probs = self.probability(z)
-        cal = calibrate(probs, float(c["target_fpr"]))
+        cal = calibrate(probs, float(self.config["target_fpr"]))
         self.set_threshold(cal.pop("threshold"), **{**cal, "method": "fpr_on_real_val"},
-                           score_map="sigmoid((max window z - z_center) / z_scale)", window_score="z",
+                           score_map=f"sigmoid((max window {mode} - {k_center}) / {k_scale})", window_score=mode,
                            real_val_scores=[round(float(v), 8) for v in np.sort(probs)])
-        norm["calibration"] = {"residual": residual_cal, "z": self._calibration_record("z")}
-        return {"window_norm_images": len(reals), "window_norm_windows": int(r.size), "val_images": len(val),
-                "val_max_z_median": norm["z_center"], "threshold": self.threshold,
-                "achieved_fpr": self.calibration.get("achieved_fpr"), "seconds": round(time.time() - t0, 1)}
+        return self._calibration_record(mode)
 
     @torch.no_grad()
     def window_analysis(self, images: ImageBatch, d: int | None = None) -> dict[str, np.ndarray]:
-        """Both window scores from one back-in-time pass (for comparisons): ``residual`` scores (N, raw, as
+        """All window scores from one back-in-time pass (for comparisons): ``residual`` scores (N, raw, as
         ``window_score="residual"``) and residual maps (N×H×W); with fitted statistics also ``z`` scores (N,
-        max window z) and z maps (N×H×W, per pixel the max z of the windows covering it)."""
+        max window z) and z maps (N×H×W, per pixel the max z of the windows covering it), and with
+        texture-deficit statistics the same for ``z2`` (``z2``, ``z2_map``, ``z2_windows[_plain]``) and the
+        deficit alone (``zq_windows_plain``)."""
         batch = self._batch(images)
         self._force_residual = True
         try:
@@ -522,19 +571,34 @@ class BTDDetector(Detector):
             z = torch.from_numpy(z)
             out["z"] = z.amax(1).numpy()
             out["z_map"] = max_map(z, positions, win, tuple(batch.shape[-2:])).numpy()
+            if norm.get("deficit"):
+                dn = norm["deficit"]
+                q = deficit_features(batch.mean(1), maps, norm["window"], norm["stride"], feature=dn["feature"],
+                                     sub_window=dn["sub_window"], sub_stride=dn["sub_stride"])
+                out["zq_windows_plain"] = zq = standardise_deficit(norm, q, m, s)
+                out["z2_windows_plain"] = z2 = np.maximum(out["z_windows_plain"], zq)
+                if self.config["z_reference"] == "median":
+                    z2 = z2 - np.median(z2, axis=1, keepdims=True)
+                out["z2_windows"] = z2
+                z2t = torch.from_numpy(z2)
+                out["z2"] = z2t.amax(1).numpy()
+                out["z2_map"] = max_map(z2t, positions, win, tuple(batch.shape[-2:])).numpy()
         return out
 
     def _calibration_record(self, mode: str) -> dict[str, Any]:
         return {"threshold": self.threshold, "calibration": dict(self.calibration), "window_score": mode}
 
     def set_window_score(self, mode: str) -> None:
-        """Switch between the paper's window score (``"residual"``) and search mode (``"z"``), with each
-        one's stored calibration (τ, real validation scores); "z" needs fitted statistics."""
-        if mode not in ("residual", "z"):
-            raise ValueError(f"window_score must be 'residual' or 'z', got {mode!r}")
+        """Switch between the paper's window score (``"residual"``), search mode (``"z"``) and two-sided
+        search mode (``"z2"``), with each one's stored calibration (τ, real validation scores); "z" needs
+        fitted statistics, "z2" also their texture-deficit part."""
+        if mode not in WINDOW_SCORES:
+            raise ValueError(f"window_score must be one of {', '.join(map(repr, WINDOW_SCORES))}, got {mode!r}")
         norm = self.config["window_norm"]
-        if mode == "z" and not norm:
+        if mode in _Z_KEYS and not norm:
             raise ValueError("no window statistics: fit them first (fit_window_norm)")
+        if mode == "z2" and not norm.get("deficit"):
+            raise ValueError("no texture-deficit statistics (window_norm['deficit']): refit them (fit_window_norm)")
         if mode == self.config["window_score"]:
             return
         if norm and "calibration" in norm:
@@ -572,18 +636,20 @@ class BTDDetector(Detector):
     def probability(self, raw: np.ndarray | Sequence[float]) -> np.ndarray:
         """Monotone map raw score → [0, 1]: σ((log s − m) / c) with m, c from real validation scores; in
         search mode σ((z − m) / c) with m, c from the real validation max window z."""
-        if self._z_mode() and "z_center" in self.config["window_norm"]:
+        if self._z_mode() and _Z_KEYS[self.config["window_score"]][0] in self.config["window_norm"]:
             norm = self.config["window_norm"]
-            return expit((np.asarray(raw, dtype=np.float64) - norm["z_center"]) / norm["z_scale"])
+            kc, ks = _Z_KEYS[self.config["window_score"]]
+            return expit((np.asarray(raw, dtype=np.float64) - norm[kc]) / norm[ks])
         logs = np.log(np.asarray(raw, dtype=np.float64) + _EPS)
         return expit((logs - self.score_center) / self.score_scale)
 
     def raw_threshold(self) -> float:
         """τ expressed as a raw score (inverse of :meth:`probability`)."""
         tau = min(max(self.threshold, 1e-12), 1 - 1e-12)
-        if self._z_mode() and "z_center" in self.config["window_norm"]:
+        if self._z_mode() and _Z_KEYS[self.config["window_score"]][0] in self.config["window_norm"]:
             norm = self.config["window_norm"]
-            return float(norm["z_center"] + norm["z_scale"] * float(logit(tau)))
+            kc, ks = _Z_KEYS[self.config["window_score"]]
+            return float(norm[kc] + norm[ks] * float(logit(tau)))
         return float(math.exp(self.score_center + self.score_scale * float(logit(tau))) - _EPS)
 
     def score_patch(self, images: ImageBatch, centers: Sequence[tuple[float, float] | None] | tuple[float, float],
@@ -747,8 +813,10 @@ class BTDDetector(Detector):
             summary["val_denoising_loss"] = self._denoising_loss([pad_to_min(v[None], self.train_patch)[0]
                                                                    for v in val_pool])
         summary.update(self.calibrate(val_pool or pool, source="real_val" if val_pool else "real_train"))
-        if c["window_score"] == "z":  # search mode: window statistics on the training reals, τ on val reals
+        if c["window_score"] in _Z_KEYS:  # search mode: window statistics on the training reals, τ on val reals
+            mode = c["window_score"]
             summary["window_norm"] = self.fit_window_norm(pool, val_pool or pool, source="train reals")
+            self.set_window_score(mode)
         self.training_summary = summary
         return summary
 
@@ -757,7 +825,7 @@ class BTDDetector(Detector):
         from ...eval.calibration import calibrate
 
         c = self.config
-        if c["window_score"] == "z" and not self.__dict__.get("_force_residual"):
+        if c["window_score"] in _Z_KEYS and not self.__dict__.get("_force_residual"):
             # the residual score's calibration here; search mode's is fit_window_norm's
             self._force_residual = True
             try:
