@@ -22,6 +22,18 @@ def _pick(key: str, seed: int) -> float:
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / 16**12
 
 
+def _inside(path: str) -> Path:
+    """``path`` as a relative name that stays under the output folder: a manifest path that is absolute
+    or climbs out (``../``) keeps its clean parts behind a short hash of the whole path, so copies of
+    two different sources never share a name and nothing is ever written beside (or over) a source."""
+    parts = Path(path).parts
+    clean = [q for q in parts if q not in ("..", ".", "") and q != Path(path).anchor]
+    if len(clean) == len(parts) and not Path(path).is_absolute():
+        return Path(*parts)
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    return Path(f"_{digest}", *clean) if clean else Path(f"_{digest}")
+
+
 def make_tampered_set(
     manifest: Manifest,
     out_dir: str | Path,
@@ -44,7 +56,7 @@ def make_tampered_set(
     rows: list[ManifestRow] = []
     for row in progress(reals, "tampering", enabled=show_progress):
         kind = kinds[int(_pick("kind:" + row.path, seed) * len(kinds))]
-        stem = Path(row.path).with_suffix("")
+        stem = _inside(row.path).with_suffix("")
         img_rel = Path(kind) / f"{stem}.png"
         mask_rel = Path(kind) / f"{stem}.mask.png"
         img_path, mask_path = out_dir / img_rel, out_dir / mask_rel
