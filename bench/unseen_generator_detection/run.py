@@ -404,40 +404,16 @@ def metrics(s: np.ndarray, comps: dict, signs: dict[str, int] | None, n_boot: in
     return {"comparisons": res, "summary": summary}
 
 
-def paired_auc_draws(labels: np.ndarray, a: np.ndarray, b: np.ndarray, n_iter: int, seed: int) -> tuple[float, np.ndarray]:
-    """AUC(a) − AUC(b) on the full data and on ``n_iter`` paired bootstrap draws — the same draws, from the
-    same ``np.random.default_rng(seed)`` stream, as :func:`medforensics.eval.bootstrap.paired_auc_bootstrap`
-    (reals then fakes resampled at their own sizes, one draw for both scores), with every draw's AUC computed
-    at once from average ranks (Mann–Whitney; ties count ½) instead of one ``roc_auc_score`` call per draw."""
-    from scipy.stats import rankdata
-
-    y = np.asarray(labels).astype(int)
-    real, fake = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
-    if real.size == 0 or fake.size == 0:
-        return float("nan"), np.full(int(n_iter), np.nan)
-    rng = np.random.default_rng(seed)
-    idx = np.empty((int(n_iter), real.size + fake.size), dtype=np.int64)
-    for i in range(int(n_iter)):
-        idx[i] = np.r_[rng.choice(real, real.size), rng.choice(fake, fake.size)]
-
-    def auc(s: np.ndarray, index: np.ndarray) -> np.ndarray:
-        r = rankdata(s[index], axis=-1)
-        return (r[..., real.size:].sum(axis=-1) - fake.size * (fake.size + 1) / 2) / (real.size * fake.size)
-
-    full = np.r_[real, fake]
-    point = float(auc(np.asarray(a, float), full) - auc(np.asarray(b, float), full))
-    return point, auc(np.asarray(a, float), idx) - auc(np.asarray(b, float), idx)
-
-
 def paired_deltas(new: np.ndarray, old: np.ndarray, comps: dict, n_boot: int, seed: int) -> dict[str, Any]:
     """Paired bootstrap of AUC(new) − AUC(old): the anatomy-matched mean over generators (per-generator paired
     draws, averaged draw by draw) and each tamper kind."""
-    from medforensics.eval.bootstrap import summarize
+    from medforensics.eval.bootstrap import paired_auc_bootstrap, summarize
 
     def one(c: dict, k: int) -> tuple[float, np.ndarray]:
         idx = np.r_[c["real"], c["fake"]]
         y = np.r_[np.zeros(c["real"].size), np.ones(c["fake"].size)]
-        return paired_auc_draws(y, new[idx], old[idx], n_boot, seed + k)
+        diff = paired_auc_bootstrap(y, new[idx], old[idx], n_iter=n_boot, seed=seed + k)
+        return diff.point, diff.draws
 
     gens = [c for c in comps.values() if c["kind"] == "generator" and c["anatomy_matched"]]
     out = {}
