@@ -563,26 +563,25 @@ class BTDDetector(Detector):
         norm = self.config["window_norm"]
         if norm:
             r, m, s, positions, win = window_features(batch.mean(1), maps, norm["window"], norm["stride"])
-            z = standardise(norm, r, m, s)
-            out["z_windows_plain"] = z  # before the reference
-            if self.config["z_reference"] == "median":
-                z = z - np.median(z, axis=1, keepdims=True)
-            out["z_windows"] = z
-            z = torch.from_numpy(z)
-            out["z"] = z.amax(1).numpy()
-            out["z_map"] = max_map(z, positions, win, tuple(batch.shape[-2:])).numpy()
+            shape = tuple(batch.shape[-2:])
+
+            def window_score(name: str, z: np.ndarray) -> None:
+                """``name`` (slice score: max window), ``name_map`` and the windows before/after the reference."""
+                out[f"{name}_windows_plain"] = z
+                if self.config["z_reference"] == "median":
+                    z = z - np.median(z, axis=1, keepdims=True)
+                out[f"{name}_windows"] = z
+                zt = torch.from_numpy(z)
+                out[name] = zt.amax(1).numpy()
+                out[f"{name}_map"] = max_map(zt, positions, win, shape).numpy()
+
+            window_score("z", standardise(norm, r, m, s))
             if norm.get("deficit"):
                 dn = norm["deficit"]
                 q = deficit_features(batch.mean(1), maps, norm["window"], norm["stride"], feature=dn["feature"],
                                      sub_window=dn["sub_window"], sub_stride=dn["sub_stride"])
                 out["zq_windows_plain"] = zq = standardise_deficit(norm, q, m, s)
-                out["z2_windows_plain"] = z2 = np.maximum(out["z_windows_plain"], zq)
-                if self.config["z_reference"] == "median":
-                    z2 = z2 - np.median(z2, axis=1, keepdims=True)
-                out["z2_windows"] = z2
-                z2t = torch.from_numpy(z2)
-                out["z2"] = z2t.amax(1).numpy()
-                out["z2_map"] = max_map(z2t, positions, win, tuple(batch.shape[-2:])).numpy()
+                window_score("z2", np.maximum(out["z_windows_plain"], zq))
         return out
 
     def _calibration_record(self, mode: str) -> dict[str, Any]:
