@@ -169,16 +169,3 @@ def test_choose_default_picks_the_best_passing_candidate(run_module):
     assert m.choose_default(s, kinds) == "b"
     s["sharpness-only"] = _summary({"matched": 0.95, "laundered": 0.95}, 0.5, 0.5)  # a control beats them all
     assert m.choose_default(s, kinds) == "default"
-
-
-def test_fast_paired_draws_equal_the_library_bootstrap(run_module):
-    from medforensics.eval.bootstrap import paired_auc_bootstrap
-
-    rng = np.random.default_rng(5)
-    y = np.r_[np.zeros(30), np.ones(7)]
-    a = np.round(rng.random(37) + 0.3 * y, 1)  # rounded: ties on purpose
-    b = rng.random(37)
-    point, draws = run_module.paired_auc_draws(y, a, b, n_iter=25, seed=3)
-    ref = paired_auc_bootstrap(y, a, b, n_iter=25, seed=3)
-    assert point == pytest.approx(ref.point)
-    np.testing.assert_allclose(draws, ref.draws, atol=1e-12)
