@@ -54,6 +54,7 @@ from ..data import ImageDataset, Manifest, ManifestRow, patient_split, train_val
 from ..data.dataset import collate as _collate
 from ..data.processing import (MatchedProcessing, gaussian_blur, gaussian_noise, jpeg, quantise, resize,
                                resize_roundtrip)
+from ..io.png import write_png
 from ..io.preprocess import Preprocessing, to_channels
 
 #: offsets of crops are multiples of this (JPEG blocks, decoder tiles)
@@ -420,8 +421,8 @@ def tamper_pairs(real_rows: Sequence[ManifestRow], out_dir: Path, *, fraction: f
 
 
 def reencode_training_files(data: AlignedData, out_dir: Path) -> AlignedData:
-    """Every training file, real and fake, rewritten losslessly through one PNG encoder (Pillow,
-    ``compress_level=9``, no metadata chunks) under ``out_dir``: same pixels, one container. Copies
+    """Every training file, real and fake, rewritten losslessly through one PNG encoder
+    (:func:`medforensics.io.png.write_png`: zlib level 9, no metadata chunks) under ``out_dir``: same pixels, one container. Copies
     are kept (named by the source's path, size and modification time) and reused by later runs."""
     out_dir = Path(out_dir).resolve()  # absolute: the rows are read from anywhere
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -434,21 +435,22 @@ def reencode_training_files(data: AlignedData, out_dir: Path) -> AlignedData:
         digest = hashlib.sha256(f"{_key(path)}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
         dest = out_dir / digest[:2] / f"{digest}.png"
         if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
             with Image.open(path) as im:
-                im.load()
                 before = np.asarray(im)
-                tmp = dest.with_name(f".{dest.name}.tmp")
-                im.save(tmp, format="PNG", compress_level=9)
-            with Image.open(tmp) as check:
+                mode = im.mode
+            try:
+                write_png(dest, before)  # the toolkit's one PNG writer: atomic, the shared corpus's container
+            except ValueError as err:
+                raise AlignedRecipeError(f"{path}: PNG re-encoding is not lossless for mode {mode} ({err})") from err
+            with Image.open(dest) as check:
                 if not np.array_equal(np.asarray(check), before):
-                    raise AlignedRecipeError(f"{path}: PNG re-encoding is not lossless for mode {check.mode}")
-            os.replace(tmp, dest)
+                    dest.unlink()
+                    raise AlignedRecipeError(f"{path}: PNG re-encoding is not lossless for mode {mode}")
         done[path] = str(dest)
         return done[path]
 
     train = [AlignedPair(**{**asdict(p), "real": one(p.real), "fake": one(p.fake)}) for p in data.train]
-    summary = {**data.summary, "reencoded": {"dir": str(out_dir), "files": len(done), "encoder": "Pillow PNG level 9"}}
+    summary = {**data.summary, "reencoded": {"dir": str(out_dir), "files": len(done), "encoder": "medforensics.io.png (zlib level 9)"}}
     return AlignedData(train, data.val, data.test_pairs, summary)
 
 
